@@ -1,0 +1,39 @@
+# courthub — two commands on a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+# Both run their own set-up (idempotent): system packages, a .venv, and the package itself.
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup system-deps lint typecheck unit bench clean
+
+demo: setup
+	$(BIN)/courthub demo $(ARGS)
+
+test: setup lint typecheck
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@./scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/courthub bench ingest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
