@@ -128,7 +128,6 @@ def wait_listening(
     raise BrokerError(f"broker did not listen on {host}:{port} within {timeout} s")
 
 
-
 class OwnedBroker(Protocol):
     """A broker process the hub started and controls."""
 
