@@ -7,8 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from hub.broker import Account, BrokerAccounts, MosquittoBroker
+
+# Wall-clock deadlines make property tests flaky on a loaded 2-core CI machine.
+settings.register_profile("courthub", deadline=None, max_examples=200)
+settings.load_profile("courthub")
 
 AGENT_IDS = ("hall-1", "court-1", "interro-1", "command-1", "agent-a", "agent-b")
 
