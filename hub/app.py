@@ -1,0 +1,167 @@
+"""Run the whole hub in one process: broker (own or external), hub core and JSON API.
+
+``courthub hub --config hub.toml`` calls :func:`run_hub`; so do the simulator and the demo, which
+use ``on_ready`` to learn the broker URL, the API URL and token, and the agents' passwords.
+Start order: credentials → own broker → hub service → API; stop order is the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from dashboards.api import create_api_app
+from dashboards.auth import (
+    BearerTokenAuthenticator,
+    Principal,
+    Role,
+    load_or_create_api_token,
+)
+from hub.broker import OwnedBroker, owned_broker
+from hub.config import HubConfig
+from hub.credentials import Credentials
+from hub.service import HubService
+from protocol.mqtt_link import BrokerUrl
+
+log = logging.getLogger(__name__)
+
+#: How long start-up waits for the hub's first MQTT session before reporting ready anyway.
+CONNECT_WAIT_S = 10.0
+
+
+class HubStartError(RuntimeError):
+    """The hub could not start (broker, password file, port in use…)."""
+
+
+@dataclass
+class HubRuntime:
+    """What a running hub exposes to whoever started it."""
+
+    config: HubConfig
+    service: HubService
+    broker_url: BrokerUrl
+    api_url: str
+    api_token: str = field(repr=False)
+    #: The broker the hub started (mode "own"), else ``None``.
+    broker: OwnedBroker | None = None
+    #: The generated MQTT passwords (mode "own"), else ``None``.
+    credentials: Credentials | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """The hub's data folder."""
+        return self.config.data_dir
+
+
+OnReady = Callable[[HubRuntime], Any]
+
+
+async def run_hub(
+    config: HubConfig, stop: asyncio.Event, *, on_ready: OnReady | None = None
+) -> None:
+    """Run the hub until ``stop`` is set; ``on_ready(runtime)`` (sync or async) once it serves."""
+    data_dir = config.data_dir
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    broker: OwnedBroker | None = None
+    credentials: Credentials | None = None
+    service: HubService | None = None
+    runner: web.AppRunner | None = None
+    username: str | None
+    password: str | None
+    try:
+        if config.broker.mode == "own":
+            credentials, broker = await _start_own_broker(config)
+            broker_url = broker.url
+            username, password = credentials.hub_username, credentials.hub_password
+        else:
+            broker_url = BrokerUrl.parse(config.broker.url)
+            username = config.broker.username
+            password = await asyncio.to_thread(_external_password, config)
+        service = HubService(config, broker_url, username, password)
+        await service.start()
+        if not await service.wait_connected(CONNECT_WAIT_S):
+            log.warning("hub not connected to the broker yet broker=%s; retrying", broker_url)
+        token = await asyncio.to_thread(load_or_create_api_token, data_dir)
+        runner, api_url = await _start_api(config, service, token)
+        log.info("hub ready broker=%s api=%s data_dir=%s", broker_url, api_url, data_dir)
+        if on_ready is not None:
+            result = on_ready(
+                HubRuntime(config, service, broker_url, api_url, token, broker, credentials)
+            )
+            if inspect.isawaitable(result):
+                await result
+        await stop.wait()
+    finally:
+        await _shutdown(runner, service, broker)
+
+
+async def _start_own_broker(config: HubConfig) -> tuple[Credentials, OwnedBroker]:
+    mqtt_dir = config.data_dir / "mqtt"
+    credentials = await asyncio.to_thread(Credentials.load_or_create, mqtt_dir, config.broker)
+    broker = owned_broker(mqtt_dir, credentials.accounts(), port=config.broker.port)
+    try:
+        await asyncio.to_thread(broker.start)
+    except Exception as exc:
+        raise HubStartError(f"own MQTT broker did not start: {exc}") from exc
+    return credentials, broker
+
+
+def _external_password(config: HubConfig) -> str | None:
+    """The hub's password for an external broker: inline, from a file, or none."""
+    if config.broker.password_file:
+        try:
+            return Path(config.broker.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise HubStartError(
+                f"broker.password_file {config.broker.password_file}: {exc.strerror or exc}"
+            ) from None
+    return config.broker.password or None
+
+
+async def _start_api(
+    config: HubConfig, service: HubService, token: str
+) -> tuple[web.AppRunner, str]:
+    admin = Principal("api-token", frozenset({Role.ADMIN}))
+    app = create_api_app(service, [BearerTokenAuthenticator(token, admin)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, config.api.host, config.api.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise HubStartError(
+            f"API cannot listen on {config.api.host}:{config.api.port}: {exc.strerror or exc}"
+        ) from None
+    host, port = runner.addresses[0][:2]
+    shown = f"[{host}]" if ":" in str(host) else host
+    return runner, f"http://{shown}:{port}"
+
+
+async def _shutdown(
+    runner: web.AppRunner | None, service: HubService | None, broker: OwnedBroker | None
+) -> None:
+    """Stop in reverse start order; each step runs even if an earlier one failed."""
+    if runner is not None:
+        try:
+            await runner.cleanup()
+        except Exception:
+            log.exception("API shutdown failed")
+    if service is not None:
+        try:
+            await service.stop()
+        except Exception:
+            log.exception("hub service shutdown failed")
+    if broker is not None:
+        try:
+            await asyncio.to_thread(broker.stop)
+        except Exception:
+            log.exception("broker shutdown failed")
+    log.info("hub stopped")

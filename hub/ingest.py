@@ -1,0 +1,298 @@
+"""MQTT ingest: everything agents publish, validated at the door, handed to the loop in batches.
+
+Threading (the hot path must keep the event loop free):
+
+- paho's network thread runs :meth:`Ingest._on_message`: topic parse, direction check, JSON or
+  audio decoding — all of it there. A rejection raises :class:`protocol.errors.BadMessage`,
+  which is counted per ``(agent, device, reason)`` and logged at most once per interval.
+- Valid messages go into a deque. The first message that finds the deque idle schedules one
+  ``call_soon_threadsafe(drain)``; the drain handles up to ``batch_size`` items per loop tick and
+  reschedules itself with ``call_soon`` while items remain, so other tasks run in between.
+- When the loop falls far behind, the network thread waits (it does not drop): paho acknowledges
+  a QoS 1 message only after ``on_message`` returns, so the broker keeps the rest.
+
+The session is persistent (``clean_start=False``) so QoS 1 messages published while the hub is
+briefly away are delivered when it is back. The hub's will is a retained ``hub/state`` with
+``online: false``; every connect publishes ``online: true``. Retained messages (births, deaths,
+device states) are delivered at subscribe time and flagged ``retained``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from hub.bad_messages import BadMessageCounter
+from protocol.audio import AudioFrame, decode_frame
+from protocol.errors import BadMessage, BadReason
+from protocol.messages import HubState, Message, Rebirth, decode, encode, now_ms
+from protocol.mqtt_link import BrokerUrl, MqttLink, NotConnected, Subscription, Will
+from protocol.topics import AGENT_TO_HUB, BASE, TopicKind, build, parse
+
+log = logging.getLogger(__name__)
+
+#: The hub's subscription: everything under the contract's root, so that messages on unknown or
+#: wrong-direction topics are seen and counted instead of silently missing.
+HUB_FILTER: Final = "courthub/#"
+HUB_STATE_TOPIC: Final = f"{BASE}/hub/state"
+
+#: Topic kinds whose messages are retained; an empty payload there clears the retained message.
+_RETAINED_KINDS: Final = frozenset({TopicKind.BIRTH, TopicKind.DEATH, TopicKind.DEVICE_STATE})
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A validated message from an agent."""
+
+    kind: TopicKind
+    agent: str
+    device: str | None
+    msg: Message | AudioFrame
+    retained: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message refused at the door, so the loop can count it on the device's record."""
+
+    agent: str
+    device: str
+    reason: BadReason
+
+
+Item: TypeAlias = Inbound | Rejected
+
+
+@dataclass
+class IngestCounters:
+    """Counters written by the network thread only (single writer), read anywhere."""
+
+    messages_in: int = 0
+    accepted: int = 0
+    retained_in: int = 0
+    retained_cleared: int = 0
+    hub_topics_ignored: int = 0
+    batches: int = 0
+    backpressure_waits: int = 0
+
+
+class Ingest:
+    """The hub's MQTT connection: subscribe, validate, batch to the loop, publish."""
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        *,
+        username: str | None,
+        password: str | None,
+        handler: Callable[[Item], None],
+        bad: BadMessageCounter,
+        client_id: str = "courthub-hub",
+        on_connect: Callable[[], None] | None = None,
+        batch_size: int = 500,
+        max_pending: int = 100_000,
+    ) -> None:
+        self._handler = handler
+        self.bad = bad
+        self._on_connect_cb = on_connect
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.counters = IngestCounters()
+        self._queue: deque[Item] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._room = threading.Event()
+        self._room.set()
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.link = MqttLink(
+            url,
+            client_id=client_id,
+            username=username,
+            password=password,
+            subscriptions=[Subscription(HUB_FILTER, qos=1, no_local=True)],
+            on_message=self._on_message,
+            on_connect=self._on_connected,
+            will_factory=lambda: Will(
+                HUB_STATE_TOPIC, encode(HubState(online=False, ts=now_ms())), qos=1, retain=True
+            ),
+            persistent_session=True,
+        )
+
+    # lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start connecting (returns at once; see :meth:`MqttLink.wait_connected`)."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping.clear()
+        await self.link.start()
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Say goodbye (retained ``online: false``) and disconnect."""
+        if self.link.connected:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self.link.publish_acked(
+                        HUB_STATE_TOPIC,
+                        encode(HubState(online=False, ts=now_ms())),
+                        qos=1,
+                        retain=True,
+                    )
+            except (TimeoutError, ConnectionError) as exc:
+                log.warning("hub offline state not confirmed by the broker: %s", exc)
+        self._stopping.set()
+        self._room.set()  # release a network thread waiting for room
+        await self.link.stop()
+        self._drain_all()
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting for the loop."""
+        return len(self._queue)
+
+    # publishing ---------------------------------------------------------------------------------
+    async def publish_acked(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK."""
+        await self.link.publish_acked(topic, payload, qos=1, retain=retain)
+
+    def _on_connected(self) -> None:
+        # on the loop: announce the hub; agents re-publish births and states when they see it
+        try:
+            self.link.publish(
+                HUB_STATE_TOPIC, encode(HubState(online=True, ts=now_ms())), qos=1, retain=True
+            )
+        except ConnectionError as exc:
+            log.warning("could not announce hub online: %s", exc)
+        if self._on_connect_cb is not None:
+            self._on_connect_cb()
+
+    # network thread -----------------------------------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        counters = self.counters
+        counters.messages_in += 1
+        if retained:
+            counters.retained_in += 1
+        try:
+            item: Item | None = self._decode(topic, payload, retained)
+        except BadMessage as exc:
+            agent, device = self.bad.record(topic, exc)
+            item = Rejected(agent, device, exc.reason)
+        if item is None:
+            return
+        if isinstance(item, Inbound):
+            counters.accepted += 1
+        self._enqueue(item)
+
+    def _decode(self, topic: str, payload: bytes, retained: bool) -> Inbound | None:
+        parsed = parse(topic)
+        if parsed.agent is None:
+            # hub/state and hub/alerts are the hub's own (retained copies come back on subscribe)
+            self.counters.hub_topics_ignored += 1
+            return None
+        if parsed.kind not in AGENT_TO_HUB:
+            raise BadMessage(
+                BadReason.WRONG_DIRECTION, f"{parsed.kind.value} is not published by agents"
+            )
+        if not payload and parsed.kind in _RETAINED_KINDS:
+            self.counters.retained_cleared += 1  # someone deleted a retained message
+            return None
+        msg: Message | AudioFrame
+        if parsed.kind is TopicKind.AUDIO:
+            msg = decode_frame(payload)
+        else:
+            msg = decode(parsed.kind, payload)
+        return Inbound(parsed.kind, parsed.agent, parsed.device, msg, retained)
+
+    def _enqueue(self, item: Item) -> None:
+        while len(self._queue) >= self.max_pending and not self._stopping.is_set():
+            # backpressure: hold paho's thread (and so the broker) until the loop catches up
+            self.counters.backpressure_waits += 1
+            self._room.clear()
+            self._room.wait(0.5)
+        with self._lock:
+            self._queue.append(item)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        loop = self._loop
+        try:
+            if loop is not None:
+                loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    # event loop ---------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        self.counters.batches += 1
+        for _ in range(self.batch_size):
+            try:
+                item = self._queue.popleft()
+            except IndexError:
+                break
+            self._handle(item)
+        if len(self._queue) < self.max_pending // 2:
+            self._room.set()
+        with self._lock:
+            if not self._queue:
+                self._scheduled = False
+                return
+        assert self._loop is not None
+        self._loop.call_soon(self._drain)  # yield to other tasks, then carry on
+
+    def _drain_all(self) -> None:
+        while self._queue:
+            self._handle(self._queue.popleft())
+
+    def _handle(self, item: Item) -> None:
+        try:
+            self._handler(item)
+        except Exception:  # one bad handler run must not stop ingest
+            log.exception("ingest handler failed item=%s", _describe(item))
+
+
+def _describe(item: Item) -> str:
+    if isinstance(item, Rejected):
+        return f"rejected {item.agent}/{item.device} {item.reason.value}"
+    return f"{item.kind.value} {item.agent}/{item.device or '-'}"
+
+
+class RebirthRequester:
+    """Publishes ``{agent}/rebirth``, at most once per agent per ``min_interval_s``."""
+
+    def __init__(
+        self,
+        publish: Callable[[str, bytes], object],
+        *,
+        min_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._publish = publish
+        self.min_interval_s = min_interval_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self.requested = 0
+        self.suppressed = 0
+
+    def request(self, agent: str, reason: str) -> bool:
+        """Ask ``agent`` for a new birth; False when rate-limited or not connected."""
+        now = self._clock()
+        last = self._last.get(agent)
+        if last is not None and now - last < self.min_interval_s:
+            self.suppressed += 1
+            return False
+        try:
+            self._publish(
+                build(TopicKind.REBIRTH, agent), encode(Rebirth(ts=now_ms(), reason=reason))
+            )
+        except (NotConnected, ConnectionError, ValueError) as exc:
+            log.warning("rebirth request not sent agent=%s: %s", agent, exc)
+            return False
+        self._last[agent] = now
+        self.requested += 1
+        log.info("rebirth requested agent=%s reason=%s", agent, reason)
+        return True
