@@ -501,6 +501,9 @@ class SimulatedKiosk:
         )
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
+        # a refused TCP connect (broker down) never reaches on_disconnect: without this the
+        # supervisor would wait forever and the kiosk would not come back after a broker restart
+        client.on_connect_fail = self._paho_connect_fail
         client.on_message = self._paho_message
         return client
 
@@ -518,6 +521,9 @@ class SimulatedKiosk:
     ) -> None:
         self._to_loop(self._on_disconnected, client)
 
+    def _paho_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._to_loop(self._on_connect_failed, client)
+
     def _paho_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if msg.topic == self._down:
             self._to_loop(self._on_down, bytes(msg.payload))
@@ -529,6 +535,10 @@ class SimulatedKiosk:
         self._connected.set()
         log.info("simulated kiosk connected kiosk=%s", self.kiosk_id)
         self.send_hello()
+
+    def _on_connect_failed(self, client: paho.Client) -> None:
+        self.stats["connect_failures"] += 1
+        self._on_disconnected(client)
 
     def _on_disconnected(self, client: paho.Client) -> None:
         if client is not self._client:

@@ -285,3 +285,17 @@ async def test_garbage_does_not_parse(agent: Agent, start_kiosk: Any) -> None:
     sent = [kiosk.send_garbage(kind) for kind in ("not_json", "not_object", "wrong_schema")]
     await wait_for(lambda: len(agent.garbage) == 3, "garbage at the agent")
     assert agent.garbage == sent
+
+
+async def test_kiosk_comes_back_after_the_broker_was_down(
+    broker: MosquittoBroker, start_kiosk: Any
+) -> None:
+    """Found by the demo: a refused connect while the broker was down left the kiosk offline."""
+    kiosk = await start_kiosk()
+    await asyncio.to_thread(broker.stop)
+    await wait_for(lambda: not kiosk.connected, "the kiosk to notice the broker is gone")
+    # stay down long enough for at least one refused connect attempt
+    await wait_for(lambda: kiosk.stats["connect_failures"] >= 1, "a refused connect", timeout=10)
+    await asyncio.to_thread(broker.start)
+    await wait_for(lambda: kiosk.connected, "the kiosk to reconnect", timeout=15)
+    assert kiosk.stats["connects"] == 2

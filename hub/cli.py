@@ -1,0 +1,168 @@
+"""The ``courthub`` command: one entry point for the hub, agents, the simulated court and tools.
+
+    courthub hub --config hub.toml          run the central hub (broker, ingest, registry, API)
+    courthub agent --config venue.toml      run one venue's edge agent
+    courthub simulate --config court.toml   run a simulated court against a running hub
+    courthub demo [--duration S]            broker + hub + API + simulated court in one go
+    courthub bench ingest                   measure the hub's ingest path
+    courthub schema                         print the JSON Schemas of the MQTT contract
+
+Heavy modules are imported inside each command so ``courthub --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main(stop)`` on a fresh loop; SIGINT/SIGTERM set ``stop`` for a clean shutdown."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    return asyncio.run(runner())
+
+
+def _cmd_hub(args: argparse.Namespace) -> int:
+    from hub.app import run_hub
+    from hub.config import load_hub_config
+
+    config = load_hub_config(Path(args.config))
+
+    async def main(stop: asyncio.Event) -> int:
+        await run_hub(config, stop)
+        return 0
+
+    return run_until_signalled(main)
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from edge_agents.__main__ import main as agent_main
+
+    return agent_main(["--config", args.config])
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.court import simulate_against_hub
+
+    async def main(stop: asyncio.Event) -> int:
+        await simulate_against_hub(Path(args.config), Path(args.hub_config), stop)
+        return 0
+
+    return run_until_signalled(main)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from simulators.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        duration_s=args.duration,
+        scenario_path=Path(args.config) if args.config else None,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        api_port=args.port,
+        faults=not args.no_faults,
+    )
+
+    async def main(stop: asyncio.Event) -> int:
+        summary = await run_demo(options, stop)
+        # the contract of `courthub demo`: the last stdout line is one JSON object
+        print(json.dumps(summary, ensure_ascii=False), flush=True)
+        return 0
+
+    return run_until_signalled(main)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.ingest import BenchOptions, run_ingest_bench
+
+    options = BenchOptions(
+        devices=args.devices, messages=args.messages, latency_seconds=args.latency_seconds
+    )
+    result = asyncio.run(run_ingest_bench(options))
+    print(json.dumps(result, ensure_ascii=False, indent=None), flush=True)
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from protocol.messages import json_schemas
+
+    print(json.dumps(json_schemas(), ensure_ascii=False, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``courthub``."""
+    parser = argparse.ArgumentParser(prog="courthub", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("hub", help="run the central hub")
+    p.add_argument("--config", required=True, help="hub.toml")
+    p.set_defaults(func=_cmd_hub)
+
+    p = sub.add_parser("agent", help="run one venue's edge agent")
+    p.add_argument("--config", required=True, help="venue.toml")
+    p.set_defaults(func=_cmd_agent)
+
+    p = sub.add_parser("simulate", help="run a simulated court against a running hub")
+    p.add_argument("--config", required=True, help="court.toml")
+    p.add_argument("--hub-config", required=True, help="the running hub's hub.toml")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("demo", help="broker, hub, API and a simulated court in one go")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--config", help="court.toml (default: one venue of each kind)")
+    p.add_argument("--data-dir", help="keep the demo's data here (default: a temp dir)")
+    p.add_argument("--port", type=int, default=8080, help="web API port (0 = any free port)")
+    p.add_argument("--no-faults", action="store_true", help="do not inject the demo's faults")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("ingest", help="telemetry through broker -> hub registry")
+    b.add_argument("--devices", type=int, default=200)
+    b.add_argument("--messages", type=int, default=200_000)
+    b.add_argument("--latency-seconds", type=float, default=10.0)
+    b.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
+    p.set_defaults(func=_cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``courthub`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""``courthub demo``: broker, hub, web API and a simulated court in one process tree.
+
+It prints where to look (API address, token, example requests), runs until Ctrl-C or
+``--duration``, injects a few faults on the way (broker restart, an agent killed, garbage,
+a sensor unplugged) so the resilience shows, and returns a summary whose JSON form is the last
+line ``courthub demo`` prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hub.app import HubRuntime, run_hub
+from hub.config import hub_config_from_dict
+from simulators.court import SimulatedCourt
+from simulators.scenario import (
+    CourtScenario,
+    FaultAction,
+    FaultSpec,
+    default_scenario,
+    load_scenario,
+)
+
+log = logging.getLogger(__name__)
+
+#: summary keys promised by the issue, in the order printed
+SUMMARY_KEYS = (
+    "agents_online",
+    "agents_total",
+    "devices_online",
+    "devices_total",
+    "messages_in",
+    "bad_messages",
+    "outbox_replayed",
+)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``courthub demo`` was asked for."""
+
+    duration_s: float | None = None
+    scenario_path: Path | None = None
+    data_dir: Path | None = None
+    api_port: int = 8080
+    faults: bool = True
+
+
+def demo_faults(scenario: CourtScenario, duration_s: float | None) -> list[FaultSpec]:
+    """The faults the demo injects, spread over its run (or its first minute when endless).
+
+    The last one ends by 70% of the run so every device is back before the summary.
+    """
+    span = duration_s or 60.0
+    agents = [v.agent for v in scenario.venues]
+    faults = [FaultSpec(at_s=0.2 * span, action=FaultAction.RESTART_BROKER, duration_s=3.0)]
+    if len(agents) > 2:
+        faults.append(
+            FaultSpec(
+                at_s=0.4 * span, action=FaultAction.KILL_AGENT, target=agents[2], duration_s=2
+            )
+        )
+    if agents:
+        faults.append(FaultSpec(at_s=0.45 * span, action=FaultAction.GARBAGE, target=agents[0]))
+    sensor = next(((v.agent, v.sensor_ids()[0][0]) for v in scenario.venues if v.sensors), None)
+    if sensor is not None:
+        target = f"{sensor[0]}/{sensor[1]}"
+        faults += [
+            FaultSpec(at_s=0.5 * span, action=FaultAction.DROP_DEVICE, target=target),
+            FaultSpec(at_s=0.6 * span, action=FaultAction.RESTORE_DEVICE, target=target),
+        ]
+    return faults
+
+
+def _port_or_free(port: int) -> int:
+    """``port`` if nothing listens there, else 0 (any free port) — the demo must start."""
+    if port == 0:
+        return 0
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            log.warning("port %s is busy; the API takes a free port instead", port)
+            return 0
+    return port
+
+
+def _print_where_to_look(runtime: HubRuntime, data_dir: Path) -> None:
+    # The demo is a terminal program: these lines are its user interface.
+    lines = [
+        "courthub demo is running — 演示已启动",
+        f"  web API / 接口:   {runtime.api_url}/api/v1/devices",
+        f"  API token / 令牌: {runtime.api_token}",
+        f"  try / 试试:       curl -H 'Authorization: Bearer {runtime.api_token}' "
+        f"{runtime.api_url}/api/v1/stats",
+        f"  broker / 消息代理: {runtime.broker_url}",
+        f"  data / 数据目录:  {data_dir}   (agent logs in {data_dir / 'court' / 'agents'})",
+        "  stop / 停止:      Ctrl-C",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+async def _wait(stop: asyncio.Event, seconds: float | None) -> None:
+    if seconds is None:
+        await stop.wait()
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_demo(options: DemoOptions, stop: asyncio.Event) -> dict[str, Any]:
+    """Run the demo until ``stop`` or the duration; return the summary."""
+    scenario = load_scenario(options.scenario_path) if options.scenario_path else default_scenario()
+    if options.faults and not scenario.faults:
+        faults = demo_faults(scenario, options.duration_s)
+        scenario = CourtScenario(court=scenario.court, venues=scenario.venues, faults=faults)
+    data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="courthub-demo-"))
+    config = hub_config_from_dict(
+        {
+            "hub": {"data_dir": str(data_dir / "hub")},
+            "broker": {"mode": "own", "accounts": scenario.broker_accounts()},
+            "api": {"port": _port_or_free(options.api_port)},
+        }
+    )
+    ready: asyncio.Future[HubRuntime] = asyncio.get_running_loop().create_future()
+    hub_stop = asyncio.Event()
+    hub_task = asyncio.create_task(run_hub(config, hub_stop, on_ready=ready.set_result))
+    waiting: set[asyncio.Future[Any]] = {hub_task, ready}
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if hub_task in done:
+        hub_task.result()  # raises the hub's start-up error
+        raise RuntimeError("hub stopped during start-up")
+    runtime = ready.result()
+    court = SimulatedCourt(
+        scenario,
+        runtime.broker_url,
+        _password_lookup(runtime),
+        data_dir / "court",
+        restart_broker=_broker_restarter(runtime),
+    )
+    try:
+        await court.start()
+        _print_where_to_look(runtime, data_dir)
+        await _wait(stop, options.duration_s)
+        summary = _summary(runtime, court)
+    finally:
+        await court.stop()
+        hub_stop.set()
+        await hub_task
+    return summary
+
+
+def _password_lookup(runtime: HubRuntime) -> Any:
+    credentials = runtime.credentials
+    if credentials is None:
+        raise RuntimeError("the demo hub owns its broker, so it must have credentials")
+    return credentials.password_for
+
+
+def _broker_restarter(runtime: HubRuntime) -> Any:
+    broker = runtime.broker
+
+    async def restart(down_s: float) -> None:
+        if broker is None:
+            raise RuntimeError("no owned broker to restart")
+        log.info("fault: broker stopping for %.1f s", down_s)
+        await asyncio.to_thread(broker.stop)
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(broker.start)
+        log.info("fault: broker back")
+
+    return restart
+
+
+def _summary(runtime: HubRuntime, court: SimulatedCourt) -> dict[str, Any]:
+    stats = runtime.service.stats()
+    summary: dict[str, Any] = {key: stats.get(key) for key in SUMMARY_KEYS}
+    summary.update({k: v for k, v in stats.items() if k not in summary})
+    summary["court"] = court.summary()
+    return summary

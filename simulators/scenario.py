@@ -1,0 +1,221 @@
+"""The simulated court described in ``court.toml``: venues, their devices, and scheduled faults.
+
+Example (see ``examples/court.toml``)::
+
+    [court]
+    name = "示范人民法院"
+    seed = 7
+
+    [[venues]]
+    agent = "hall-1"
+    kind = "litigation_hall"
+    name = "诉讼服务大厅"
+    kiosks = 2
+    sensors = ["env", "ups"]
+
+    [[faults]]
+    at_s = 12
+    action = "kill_agent"       # kill_agent | drop_device | restore_device | garbage
+    target = "interro-1"        #   | jam_printer | restart_broker
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from protocol.messages import VenueKind
+from protocol.topics import valid_id
+
+
+class ScenarioError(ValueError):
+    """The court scenario file is wrong; the message names the file and the field."""
+
+
+class FaultAction(StrEnum):
+    """What the fault injector can do."""
+
+    KILL_AGENT = "kill_agent"
+    DROP_DEVICE = "drop_device"
+    RESTORE_DEVICE = "restore_device"
+    GARBAGE = "garbage"
+    JAM_PRINTER = "jam_printer"
+    RESTART_BROKER = "restart_broker"
+
+
+class SensorKind(StrEnum):
+    """Simulated networked sensors (see simulators/http_sensor.py)."""
+
+    ENV = "env"
+    UPS = "ups"
+    DOOR = "door"
+
+
+class CourtInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str = "示范人民法院"
+    seed: int = 7
+
+
+class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One venue, run by one edge agent."""
+
+    agent: str
+    kind: VenueKind
+    name: str = ""
+    kiosks: int = 0
+    sensors: list[SensorKind] = []
+    #: litigants arriving per minute at each kiosk (all services together)
+    arrivals_per_min: float = 4.0
+    #: seconds between kiosk status reports and sensor polls (the protocol says 10 / 5)
+    status_interval_s: float = 10.0
+    sensor_interval_s: float = 5.0
+
+    @property
+    def venue_id(self) -> str:
+        """The venue id: one agent runs one venue, so it is the agent id."""
+        return self.agent
+
+    def kiosk_ids(self) -> list[str]:
+        """Kiosk ids of this venue (``hall-1-k1``…)."""
+        return [f"{self.agent}-k{i + 1}" for i in range(self.kiosks)]
+
+    def sensor_ids(self) -> list[tuple[str, SensorKind]]:
+        """Sensor device ids of this venue with their kinds (``env-1``…)."""
+        counts: dict[SensorKind, int] = {}
+        out = []
+        for kind in self.sensors:
+            counts[kind] = counts.get(kind, 0) + 1
+            out.append((f"{kind.value}-{counts[kind]}", kind))
+        return out
+
+
+class FaultSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A fault injected ``at_s`` seconds after the court starts."""
+
+    at_s: float
+    action: FaultAction
+    #: agent id, ``agent/device`` for device faults, empty for the broker
+    target: str = ""
+    #: how long the fault lasts where that means something (broker down, agent dead)
+    duration_s: float = 3.0
+
+
+class CourtScenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A whole simulated court."""
+
+    court: CourtInfo = CourtInfo()
+    venues: list[VenueSpec] = []
+    faults: list[FaultSpec] = []
+
+    def venue(self, agent: str) -> VenueSpec:
+        """The venue run by ``agent``; KeyError when there is none."""
+        for v in self.venues:
+            if v.agent == agent:
+                return v
+        raise KeyError(agent)
+
+    def broker_accounts(self) -> list[dict[str, Any]]:
+        """MQTT accounts the hub must provision: one per agent and one per kiosk.
+
+        A hall agent may read its kiosks' ``up`` topics and write their ``down`` topics; each
+        kiosk may only write its own ``up`` and read its own ``down`` (kiosk-mqtt.md).
+        """
+        accounts: list[dict[str, Any]] = []
+        for v in self.venues:
+            kiosks = v.kiosk_ids()
+            accounts.append(
+                {
+                    "username": v.agent,
+                    "role": "agent",
+                    "read": [f"kiosk/{k}/up" for k in kiosks],
+                    "write": [f"kiosk/{k}/down" for k in kiosks],
+                }
+            )
+            accounts += [
+                {
+                    "username": f"kiosk-{k}",
+                    "role": "device",
+                    "read": [f"kiosk/{k}/down"],
+                    "write": [f"kiosk/{k}/up"],
+                }
+                for k in kiosks
+            ]
+        return accounts
+
+
+def _validate(scenario: CourtScenario) -> CourtScenario:
+    seen: set[str] = set()
+    for v in scenario.venues:
+        if not valid_id(v.agent) or v.agent == "hub":
+            raise ScenarioError(f"venue agent id {v.agent!r} is not [a-z0-9-]{{1,64}}")
+        if v.agent in seen:
+            raise ScenarioError(f"agent id {v.agent!r} is used twice")
+        seen.add(v.agent)
+    for f in scenario.faults:
+        agent = f.target.split("/")[0]
+        if f.action is not FaultAction.RESTART_BROKER and agent not in seen:
+            raise ScenarioError(f"fault {f.action.value} targets unknown agent {agent!r}")
+    return scenario
+
+
+def scenario_from_dict(data: dict[str, Any], source: str = "<dict>") -> CourtScenario:
+    """Validate a scenario given as a dict."""
+    try:
+        return _validate(msgspec.convert(data, CourtScenario))
+    except msgspec.ValidationError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
+
+
+def load_scenario(path: Path) -> CourtScenario:
+    """Load and validate ``court.toml``."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    return scenario_from_dict(data, str(path))
+
+
+def default_scenario() -> CourtScenario:
+    """One venue of each kind, as used by ``courthub demo`` when no file is given."""
+    return scenario_from_dict(
+        {
+            "venues": [
+                {
+                    "agent": "hall-1",
+                    "kind": "litigation_hall",
+                    "name": "诉讼服务大厅",
+                    "kiosks": 3,
+                    "sensors": ["env", "ups"],
+                    "arrivals_per_min": 12,
+                    "status_interval_s": 2,
+                    "sensor_interval_s": 2,
+                },
+                {
+                    "agent": "court-1",
+                    "kind": "tech_courtroom",
+                    "name": "第一科技法庭",
+                    "sensors": ["env", "door", "ups"],
+                    "sensor_interval_s": 2,
+                },
+                {
+                    "agent": "interro-1",
+                    "kind": "interrogation_room",
+                    "name": "远程提讯室（法院端）",
+                    "sensors": ["env", "door"],
+                    "sensor_interval_s": 2,
+                },
+                {
+                    "agent": "command-1",
+                    "kind": "command_center",
+                    "name": "执行指挥中心",
+                    "sensors": ["env", "ups"],
+                    "sensor_interval_s": 2,
+                },
+            ]
+        },
+        "default scenario",
+    )
