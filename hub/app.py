@@ -8,8 +8,11 @@ Start order: credentials → own broker → hub service → API; stop order is t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,7 @@ from dashboards.auth import (
 )
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
-from hub.credentials import Credentials
+from hub.credentials import MQTT_DIR, Credentials
 from hub.service import HubService
 from protocol.mqtt_link import BrokerUrl
 
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: How long start-up waits for the hub's first MQTT session before reporting ready anyway.
 CONNECT_WAIT_S = 10.0
+#: ``data_dir/runtime.json``: where a running hub listens (no secrets), for tools started beside
+#: it (``courthub simulate --hub-config``) when the broker or API port was chosen at random.
+RUNTIME_FILE = "runtime.json"
 
 
 class HubStartError(RuntimeError):
@@ -90,6 +96,7 @@ async def run_hub(
             log.warning("hub not connected to the broker yet broker=%s; retrying", broker_url)
         token = await asyncio.to_thread(load_or_create_api_token, data_dir)
         runner, api_url = await _start_api(config, service, token)
+        await asyncio.to_thread(_write_runtime_file, data_dir, broker_url, api_url)
         log.info("hub ready broker=%s api=%s data_dir=%s", broker_url, api_url, data_dir)
         if on_ready is not None:
             result = on_ready(
@@ -99,11 +106,37 @@ async def run_hub(
                 await result
         await stop.wait()
     finally:
+        await asyncio.to_thread(_remove_runtime_file, data_dir)
         await _shutdown(runner, service, broker)
 
 
+def read_runtime_file(data_dir: Path) -> dict[str, Any] | None:
+    """What a running hub wrote to ``data_dir/runtime.json``, or ``None`` when it is not running.
+
+    Keys: ``broker_url`` (no credentials in it), ``api_url``, ``pid``.
+    """
+    try:
+        data = json.loads((data_dir / RUNTIME_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_runtime_file(data_dir: Path, broker_url: BrokerUrl, api_url: str) -> None:
+    path = data_dir / RUNTIME_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    info = {"broker_url": str(broker_url), "api_url": api_url, "pid": os.getpid()}
+    tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _remove_runtime_file(data_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / RUNTIME_FILE).unlink()
+
+
 async def _start_own_broker(config: HubConfig) -> tuple[Credentials, OwnedBroker]:
-    mqtt_dir = config.data_dir / "mqtt"
+    mqtt_dir = config.data_dir / MQTT_DIR
     credentials = await asyncio.to_thread(Credentials.load_or_create, mqtt_dir, config.broker)
     broker = owned_broker(mqtt_dir, credentials.accounts(), port=config.broker.port)
     try:

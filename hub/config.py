@@ -164,7 +164,7 @@ def hub_config_from_dict(
 
 
 _AT = re.compile(r"^(?P<msg>.*?) - at `\$\.?(?P<path>[^`]*)`$")
-_UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `(?P<name>[^`]+)`")
 
 
 def _split_validation_error(text: str) -> tuple[str, str]:
@@ -173,9 +173,9 @@ def _split_validation_error(text: str) -> tuple[str, str]:
     if match is None:
         return "-", text
     path, message = match["path"], match["msg"]
-    unknown = _UNKNOWN.search(message)
-    if unknown is not None:  # name the offending key itself, not only its table
-        path = f"{path}.{unknown['name']}" if path else unknown["name"]
+    named = _NAMED_FIELD.search(message)
+    if named is not None:  # name the offending key itself, not only its table
+        path = f"{path}.{named['name']}" if path else named["name"]
     return path or "-", message
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Final
 
 from hub.broker import Account, BrokerAccounts, new_password
-from hub.config import BrokerSection
+from hub.config import BrokerSection, HubConfig
 
 log = logging.getLogger(__name__)
 
 CREDENTIALS_FILE: Final = "credentials.json"
+#: Folder of the own broker (config, password file, ACL, persistence) and of the credentials.
+MQTT_DIR: Final = "mqtt"
 _FORMAT_VERSION: Final = 1
 
 
@@ -54,6 +56,23 @@ class Credentials:
             added = sorted(set(passwords) - set(stored))
             log.info("mqtt credentials saved path=%s new_accounts=%s", path, added)
         return cls(path, broker, passwords)
+
+    @classmethod
+    def of_hub(cls, config: HubConfig) -> Credentials:
+        """Read (never create) the credentials of the hub configured by ``config``.
+
+        For tools started next to a running hub (the simulator): raises
+        :class:`CredentialsError` when the hub has not generated them yet.
+        """
+        path = config.data_dir / MQTT_DIR / CREDENTIALS_FILE
+        passwords = _read(path)
+        wanted = [config.broker.username, *(a.username for a in config.broker.accounts)]
+        missing = [user for user in wanted if user not in passwords]
+        if missing:
+            raise CredentialsError(
+                f"{path}: no password for {', '.join(missing)} (start the hub with this config first)"
+            )
+        return cls(path, config.broker, {user: passwords[user] for user in wanted})
 
     @property
     def hub_username(self) -> str:

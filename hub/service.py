@@ -196,6 +196,7 @@ class HubService:
             "bad_messages": self.bad.total,
             "bad_by_reason": self.bad.by_reason(),
             "outbox_replayed": self.historical_in,
+            "historical_in": self.historical_in,
             "duplicates": self.seq.duplicates,
             "lost": self.seq.lost,
             "recovered": self.seq.recovered,

@@ -79,7 +79,7 @@ async def test_deadline_expires_and_late_result_is_ignored(
     loop = asyncio.get_running_loop()
     started = loop.time()
     outcome = await hub.call_command("agent-a", "kiosk-1", "reboot", timeout_s=0.3)
-    assert loop.time() - started >= 0.3
+    assert loop.time() - started >= 0.29
     assert not outcome.ok and outcome.status is CommandStatus.DEADLINE
     assert outcome.error == "deadline exceeded"
     assert hub.commands.expired == 1 and hub.commands.pending == 0
