@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from hub.bad_messages import BadMessageCounter
@@ -107,6 +108,19 @@ class HubService:
         if self._started:
             return
         await self.store.open()
+        try:
+            await self._load_state()
+            await self.ingest.start()
+        except BaseException:
+            await self.store.close()  # do not leak the store's thread on a failed start
+            raise
+        self._tasks = [
+            asyncio.create_task(self._sweep_forever(), name="hub-sweeper"),
+            asyncio.create_task(self.flusher.run(), name="hub-store-flusher"),
+        ]
+        self._started = True
+
+    async def _load_state(self) -> None:
         stored = await self.store.load()
         self.registry.restore(stored.agents, stored.devices)
         for agent, state in stored.seq_states.items():
@@ -119,12 +133,6 @@ class HubService:
             len(stored.agents),
             len(stored.devices),
         )
-        await self.ingest.start()
-        self._tasks = [
-            asyncio.create_task(self._sweep_forever(), name="hub-sweeper"),
-            asyncio.create_task(self.flusher.run(), name="hub-store-flusher"),
-        ]
-        self._started = True
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the broker session is up; False on timeout."""
@@ -151,8 +159,11 @@ class HubService:
         await self.store.close()
 
     # API for other services -------------------------------------------------------------------------
-    def add_listener(self, listener: Listener) -> Any:
-        """Subscribe to registry changes, events, telemetry and audio (called on the loop)."""
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Subscribe to registry changes, events, telemetry and audio (called on the loop).
+
+        Returns a function that unsubscribes. Listeners must not block: they run in ingest.
+        """
         return self.registry.add_listener(listener)
 
     async def call_command(

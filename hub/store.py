@@ -13,8 +13,10 @@ Tables: ``agents``, ``devices``, ``seq_state`` (per-agent JSON of :mod:`hub.seq_
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,9 @@ from protocol.messages import DeviceStatus, now_ms
 log = logging.getLogger(__name__)
 
 DB_FILE: Final = "hub.sqlite3"
+#: Held (flock) while a hub uses the data dir: two hubs on one dir would fight over the broker
+#: session (same client id) and overwrite each other's registry rows.
+LOCK_FILE: Final = "hub.lock"
 SCHEMA_VERSION: Final = 1
 T = TypeVar("T")
 
@@ -109,6 +114,10 @@ class FlushBatch:
         return bool(self.rows) or bool(self.seq_states)
 
 
+class StoreLocked(RuntimeError):
+    """Another hub process is using this data dir."""
+
+
 class HubStore:
     """The SQLite database of the hub, driven from a single dedicated thread."""
 
@@ -117,11 +126,17 @@ class HubStore:
         self.state_log_retention_days = state_log_retention_days
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
 
     async def open(self) -> None:
         """Create the thread, open (and create) the database."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-store")
-        await self._run(self._open_blocking)
+        try:
+            await self._run(self._open_blocking)
+        except BaseException:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False)
+            raise
         log.info("hub store open path=%s", self.path)
 
     async def load(self) -> StoredState:
@@ -155,6 +170,31 @@ class HubStore:
 
     def _open_blocking(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            self._db = self._connect()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.parent / LOCK_FILE
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLocked(
+                f"another hub is running with data dir {self.path.parent} ({lock_path} is locked)"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
@@ -168,12 +208,15 @@ class HubStore:
             raise RuntimeError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
         cutoff = now_ms() - int(self.state_log_retention_days * 86_400_000)
         db.execute("DELETE FROM device_state_log WHERE ts < ?", (cutoff,))
-        self._db = db
+        return db
 
     def _close_blocking(self) -> None:
         db, self._db = self._db, None
-        if db is not None:
-            db.close()
+        try:
+            if db is not None:
+                db.close()
+        finally:
+            self._release_lock()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

@@ -13,7 +13,7 @@ from hub.bad_messages import BadMessageCounter, blame
 from hub.ingest import Inbound, Ingest, Item, Rejected
 from hub.registry import AgentRecord, DeviceRecord, HealthState, Registry
 from hub.seq_tracker import SeqTracker
-from hub.store import HubStore, StoreFlusher
+from hub.store import HubStore, StoreFlusher, StoreLocked
 from protocol.errors import BadMessage, BadReason
 from protocol.messages import DeviceInfo, DeviceStatus, Telemetry, encode, now_ms
 from protocol.mqtt_link import BrokerUrl
@@ -66,6 +66,17 @@ async def test_store_round_trip_and_removal(tmp_path: Path) -> None:
     log = await reopened.state_log("a", "d1")
     assert [(e.state, e.reason) for e in log] == [(HealthState.FAULT, "jam")]
     await reopened.close()
+
+
+async def test_one_hub_per_data_dir(tmp_path: Path) -> None:
+    first = HubStore(tmp_path)
+    await first.open()
+    second = HubStore(tmp_path)
+    with pytest.raises(StoreLocked, match="another hub"):
+        await second.open()
+    await first.close()
+    await second.open()  # free again once the first hub closed its store
+    await second.close()
 
 
 async def test_failed_flush_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

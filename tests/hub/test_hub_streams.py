@@ -129,3 +129,25 @@ async def test_data_from_an_agent_without_birth_asks_for_rebirth(
     await agent.birth()  # the agent answers with its birth: now it is known
     await wait_until(lambda: hub.registry.agent("agent-b") is not None)
     assert hub.seq.received("agent-b") == [(0, 1)]
+
+
+async def test_messages_sent_while_the_hub_is_away_arrive_after_it_returns(
+    make_hub: HubFactory, make_agent: AgentFactory
+) -> None:
+    hub = await make_hub()
+    agent = await make_agent("agent-a")
+    await agent.birth(seq=0)
+    await agent.telemetry("kiosk-1", {"n": 0.0})
+    await wait_until(lambda: hub.seq.received_count("agent-a") == 1)
+    await hub.stop()
+
+    # the broker keeps the hub's persistent session and queues QoS 1 messages for it
+    for n in range(1, 21):
+        await agent.telemetry("kiosk-1", {"n": float(n)})
+
+    again = await make_hub()  # same client id, same data dir
+    await wait_until(lambda: again.seq.received_count("agent-a") == 21, what="queued messages")
+    assert again.seq.received("agent-a") == [(0, 20)]
+    assert again.stats()["lost"] == 0 and again.stats()["duplicates"] == 0
+    kiosk = again.registry.device("agent-a", "kiosk-1")
+    assert kiosk is not None and kiosk.metrics["n"] == 20.0
