@@ -24,6 +24,7 @@ port = 8080                    # 0 = a free port
 stale_heartbeats = 3           # stale after this many missed heartbeats (heartbeat_s from the birth)
 gap_fill_timeout_s = 10        # how long a seq gap may wait for historical replay before it is lost
 rebirth_min_interval_s = 5     # at most one rebirth request per agent in this interval
+sweep_interval_s = 0.5         # how often staleness and unfilled gaps are checked
 [[health.overrides]]
 agent = "hall-1"
 device = "kiosk-1"
