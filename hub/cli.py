@@ -153,6 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "fix your config or set-up": printed in one line, not as a traceback."""
+    from edge_agents.config import AgentConfigError
+    from hub.app import HubStartError
+    from hub.broker import BrokerError
+    from hub.config import HubConfigError
+    from hub.credentials import CredentialsError
+    from hub.store import StoreLocked
+    from simulators.court import CourtSetupError
+    from simulators.scenario import ScenarioError
+
+    return (
+        AgentConfigError,
+        HubStartError,
+        BrokerError,
+        HubConfigError,
+        CredentialsError,
+        StoreLocked,
+        CourtSetupError,
+        ScenarioError,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``courthub`` console script."""
     args = build_parser().parse_args(argv)
@@ -161,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except _user_errors() as exc:
+        print(f"courthub {args.command}: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

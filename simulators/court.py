@@ -367,7 +367,7 @@ async def simulate_against_hub(
     """
     from hub.app import read_runtime_file
     from hub.config import load_hub_config
-    from hub.credentials import MQTT_DIR, Credentials
+    from hub.credentials import Credentials
     from simulators.scenario import load_scenario
 
     scenario = load_scenario(court_path)
@@ -382,9 +382,8 @@ async def simulate_against_hub(
     if missing:
         names = ", ".join(a["username"] for a in missing)
         raise CourtSetupError(f"{hub_config_path}: add [[broker.accounts]] for: {names}")
-    credentials = await asyncio.to_thread(
-        Credentials.load_or_create, config.data_dir / MQTT_DIR, config.broker
-    )
+    # read-only: writing a password the running broker does not know would lock agents out
+    credentials = await asyncio.to_thread(Credentials.of_hub, config)
     court = SimulatedCourt(
         scenario,
         BrokerUrl.parse(str(runtime["broker_url"])),
