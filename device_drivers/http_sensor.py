@@ -31,7 +31,7 @@ from device_drivers.base import (
     DeviceSink,
     UnknownCommand,
 )
-from protocol.errors import BadReason
+from protocol.errors import BadMessage, BadReason
 from protocol.messages import DeviceStatus
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,16 @@ class _Unreachable(Exception):
     """The sensor did not answer, or answered with an HTTP error."""
 
 
-class _BadAnswer(Exception):
-    """The sensor answered, but not with a valid reading."""
-
-    def __init__(self, reason: BadReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+def parse_answer(body: bytes) -> SensorAnswer:
+    """Validate a sensor's HTTP body; raises only :class:`protocol.errors.BadMessage`."""
+    if len(body) > MAX_BODY:
+        raise BadMessage(BadReason.OVERSIZED, f"body larger than {MAX_BODY} bytes")
+    try:
+        return _DECODER.decode(body)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
+        raise BadMessage(BadReason.SCHEMA, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadMessage(BadReason.MALFORMED_JSON, str(exc)) from None
 
 
 _DECODER: Final = msgspec.json.Decoder(SensorAnswer)
@@ -150,7 +153,7 @@ class HttpSensorDriver(DeviceDriver[HttpSensorOptions]):
             self.failures += 1
             self._report_state(DeviceStatus.OFFLINE, str(exc))
             return None
-        except _BadAnswer as exc:
+        except BadMessage as exc:
             # the sensor is there but talks nonsense: no backoff, it may recover any time
             self.failures = 0
             sink.bad_input(exc.reason.value, exc.detail)
@@ -179,13 +182,8 @@ class HttpSensorDriver(DeviceDriver[HttpSensorOptions]):
         except aiohttp.ClientError as exc:
             raise _Unreachable(f"unreachable: {exc.__class__.__name__}: {exc}") from None
         if body is None:
-            raise _BadAnswer(BadReason.OVERSIZED, f"body larger than {MAX_BODY} bytes")
-        try:
-            return _DECODER.decode(body)
-        except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
-            raise _BadAnswer(BadReason.SCHEMA, str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise _BadAnswer(BadReason.MALFORMED_JSON, str(exc)) from None
+            raise BadMessage(BadReason.OVERSIZED, f"body larger than {MAX_BODY} bytes")
+        return parse_answer(body)
 
     def _numeric_readings(self, sink: DeviceSink, readings: Mapping[str, Any]) -> dict[str, float]:
         """Numbers pass (booleans as 1/0); every other value is dropped and counted."""

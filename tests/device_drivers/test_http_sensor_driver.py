@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from device_drivers.base import CommandError, DriverConfigError, UnknownCommand
 from device_drivers.catalog import create
-from device_drivers.http_sensor import HttpSensorDriver
+from device_drivers.http_sensor import HttpSensorDriver, parse_answer
+from protocol.errors import BadMessage as _BadMessage
 from protocol.messages import DeviceStatus
 from simulators.http_sensor import SensorServer
 
@@ -183,3 +188,40 @@ def test_catalog_creates_the_driver() -> None:
     assert isinstance(driver, HttpSensorDriver)
     assert driver.description.kind == "ups"
     assert driver.description.heartbeat_s == 5.0
+
+
+# --- the sensor's answer parser, fuzzed --------------------------------------------------------
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.binary(max_size=300))
+def test_parse_answer_on_random_bytes_raises_only_bad_message(body: bytes) -> None:
+    with contextlib.suppress(_BadMessage):
+        parse_answer(body)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["readings", "model", "firmware", "status", "fault", "x"]), _json
+    )
+)
+def test_parse_answer_on_json_objects_raises_only_bad_message(obj: dict[str, object]) -> None:
+    try:
+        answer = parse_answer(json.dumps(obj).encode())
+    except _BadMessage:
+        return
+    assert isinstance(answer.readings, dict)
+
+
+def test_parse_answer_refuses_an_oversized_body() -> None:
+    with pytest.raises(_BadMessage) as info:
+        parse_answer(b'{"readings": {}, "pad": "' + b"x" * 70_000 + b'"}')
+    assert info.value.reason.value == "oversized"
