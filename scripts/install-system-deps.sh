@@ -2,8 +2,8 @@
 # Install the system packages courthub needs, where apt exists; idempotent and quiet when done.
 set -euo pipefail
 
-PACKAGES=(mosquitto mosquitto-clients ffmpeg socat)
-BINARIES=(mosquitto mosquitto_pub ffmpeg socat)
+PACKAGES=(mosquitto mosquitto-clients ffmpeg socat openssl)
+BINARIES=(mosquitto mosquitto_pub ffmpeg socat openssl)
 
 missing=()
 for i in "${!BINARIES[@]}"; do
