@@ -24,6 +24,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+FAULT_HELP = (
+    "inject a fault: ACTION[:TARGET]@SECONDS[+DURATION], e.g. kill_agent:interro-1@10+3, "
+    "restart_broker@5, drop_device:court-1/env-1@8, restore_device:court-1/env-1@20, "
+    "garbage:hall-1@12, jam_printer:hall-1/kiosk-1@15 (repeatable)"
+)
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -67,9 +73,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.court import simulate_against_hub
+    from simulators.scenario import parse_fault
+
+    faults = [parse_fault(f) for f in args.fault]
 
     async def main(stop: asyncio.Event) -> int:
-        await simulate_against_hub(Path(args.config), Path(args.hub_config), stop)
+        await simulate_against_hub(Path(args.config), Path(args.hub_config), stop, faults)
         return 0
 
     return run_until_signalled(main)
@@ -77,6 +86,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from simulators.demo import DemoOptions, run_demo
+    from simulators.scenario import parse_fault
 
     options = DemoOptions(
         duration_s=args.duration,
@@ -84,6 +94,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         api_port=args.port,
         faults=not args.no_faults,
+        extra_faults=tuple(parse_fault(f) for f in args.fault),
     )
 
     async def main(stop: asyncio.Event) -> int:
@@ -130,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run a simulated court against a running hub")
     p.add_argument("--config", required=True, help="court.toml")
     p.add_argument("--hub-config", required=True, help="the running hub's hub.toml")
+    p.add_argument("--fault", action="append", default=[], help=FAULT_HELP)
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("demo", help="broker, hub, API and a simulated court in one go")
@@ -138,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="keep the demo's data here (default: a temp dir)")
     p.add_argument("--port", type=int, default=8080, help="web API port (0 = any free port)")
     p.add_argument("--no-faults", action="store_true", help="do not inject the demo's faults")
+    p.add_argument("--fault", action="append", default=[], help=FAULT_HELP)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks")

@@ -356,7 +356,10 @@ class CourtSetupError(RuntimeError):
 
 
 async def simulate_against_hub(
-    court_path: Path, hub_config_path: Path, stop: asyncio.Event
+    court_path: Path,
+    hub_config_path: Path,
+    stop: asyncio.Event,
+    faults: list[FaultSpec] | None = None,
 ) -> None:
     """``courthub simulate``: run the court of ``court_path`` against the hub of ``hub_config_path``.
 
@@ -368,9 +371,11 @@ async def simulate_against_hub(
     from hub.app import read_runtime_file
     from hub.config import load_hub_config
     from hub.credentials import Credentials
-    from simulators.scenario import load_scenario
+    from simulators.scenario import load_scenario, with_faults
 
     scenario = load_scenario(court_path)
+    if faults:
+        scenario = with_faults(scenario, faults)
     config = load_hub_config(hub_config_path)
     runtime = await asyncio.to_thread(read_runtime_file, config.data_dir)
     if runtime is None:

@@ -26,6 +26,7 @@ from simulators.scenario import (
     FaultSpec,
     default_scenario,
     load_scenario,
+    with_faults,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class DemoOptions:
     data_dir: Path | None = None
     api_port: int = 8080
     faults: bool = True
+    #: faults given on the command line (replace the scenario's and the demo's own)
+    extra_faults: tuple[FaultSpec, ...] = ()
 
 
 def demo_faults(scenario: CourtScenario, duration_s: float | None) -> list[FaultSpec]:
@@ -118,9 +121,12 @@ async def _wait(stop: asyncio.Event, seconds: float | None) -> None:
 async def run_demo(options: DemoOptions, stop: asyncio.Event) -> dict[str, Any]:
     """Run the demo until ``stop`` or the duration; return the summary."""
     scenario = load_scenario(options.scenario_path) if options.scenario_path else default_scenario()
-    if options.faults and not scenario.faults:
-        faults = demo_faults(scenario, options.duration_s)
-        scenario = CourtScenario(court=scenario.court, venues=scenario.venues, faults=faults)
+    if options.extra_faults:
+        scenario = with_faults(scenario, list(options.extra_faults))
+    elif not options.faults:
+        scenario = with_faults(scenario, [])
+    elif not scenario.faults:
+        scenario = with_faults(scenario, demo_faults(scenario, options.duration_s))
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="courthub-demo-"))
     config = hub_config_from_dict(
         {

@@ -219,3 +219,33 @@ def default_scenario() -> CourtScenario:
         },
         "default scenario",
     )
+
+
+def parse_fault(text: str) -> FaultSpec:
+    """A fault from the command line: ``ACTION[:TARGET]@SECONDS[+DURATION]``.
+
+    ``kill_agent:interro-1@10+3`` kills agent interro-1 ten seconds in, for three seconds;
+    ``restart_broker@5``; ``drop_device:court-1/env-1@8``; ``garbage:hall-1@12``.
+    """
+    spec, at, timing = text.partition("@")
+    if not at:
+        raise ScenarioError(f"fault {text!r}: say when, e.g. kill_agent:hall-1@10")
+    action, _, target = spec.partition(":")
+    seconds, _, duration = timing.partition("+")
+    data: dict[str, Any] = {"action": action, "target": target}
+    try:
+        data["at_s"] = float(seconds)
+        if duration:
+            data["duration_s"] = float(duration)
+    except ValueError:
+        raise ScenarioError(f"fault {text!r}: {timing!r} is not SECONDS[+DURATION]") from None
+    try:
+        return msgspec.convert(data, FaultSpec)
+    except msgspec.ValidationError as exc:
+        known = ", ".join(a.value for a in FaultAction)
+        raise ScenarioError(f"fault {text!r}: {exc} (actions: {known})") from None
+
+
+def with_faults(scenario: CourtScenario, faults: list[FaultSpec]) -> CourtScenario:
+    """``scenario`` with its faults replaced (targets validated against its venues)."""
+    return _validate(CourtScenario(court=scenario.court, venues=scenario.venues, faults=faults))

@@ -40,3 +40,29 @@ def test_schema_prints_every_topic() -> None:
     assert proc.returncode == 0
     schemas = json.loads(proc.stdout)
     assert {"birth", "death", "telemetry", "event", "cmd", "cmd_result"} <= set(schemas["topics"])
+
+
+def test_fault_switches_parse_and_bad_ones_are_explained() -> None:
+    from simulators.scenario import FaultAction, ScenarioError, parse_fault
+
+    fault = parse_fault("kill_agent:interro-1@10+3")
+    assert (fault.action, fault.target, fault.at_s, fault.duration_s) == (
+        FaultAction.KILL_AGENT,
+        "interro-1",
+        10.0,
+        3.0,
+    )
+    assert parse_fault("restart_broker@5").target == ""
+    for bad in ("kill_agent:interro-1", "explode:hall-1@3", "garbage:hall-1@soon"):
+        try:
+            parse_fault(bad)
+        except ScenarioError as exc:
+            assert bad in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_demo_refuses_a_fault_on_an_unknown_agent() -> None:
+    proc = courthub("demo", "--duration", "1", "--port", "0", "--fault", "kill_agent:nobody@1")
+    assert proc.returncode == 2
+    assert "nobody" in proc.stderr
