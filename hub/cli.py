@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import signal
@@ -23,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: Modules that add subcommands: each has ``register(subparsers)`` and imports heavy modules
+#: only inside its handlers. Add a line here for a new command group.
+EXTENSIONS: tuple[str, ...] = ()
 
 FAULT_HELP = (
     "inject a fault: ACTION[:TARGET]@SECONDS[+DURATION], e.g. kill_agent:interro-1@10+3, "
@@ -163,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
     p.set_defaults(func=_cmd_schema)
+
+    for module_name in EXTENSIONS:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
