@@ -7,10 +7,10 @@ only read the hub's registry and call its services; they hold no business rules.
 | route                                               | roles                      |
 |-----------------------------------------------------|----------------------------|
 | ``GET  /api/v1/health``                             | anyone (liveness only)     |
-| ``GET  /api/v1/stats``                              | admin, technician, viewer  |
-| ``GET  /api/v1/agents``                             | admin, technician, viewer  |
-| ``GET  /api/v1/devices?venue=&agent=&state=``       | admin, technician, viewer  |
-| ``GET  /api/v1/devices/{agent}/{device}``           | admin, technician, viewer  |
+| ``GET  /api/v1/stats``                              | admin, technician, commander, judge, clerk |
+| ``GET  /api/v1/agents``                             | admin, technician, commander, judge, clerk |
+| ``GET  /api/v1/devices?venue=&agent=&state=``       | admin, technician, commander, judge, clerk |
+| ``GET  /api/v1/devices/{agent}/{device}``           | admin, technician, commander, judge, clerk |
 | ``POST /api/v1/devices/{agent}/{device}/commands``  | admin, technician          |
 
 Errors are ``{"error": "..."}``. Times are UTC milliseconds; ``timezone`` says how to show them.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -30,9 +29,9 @@ from dashboards.auth import (
     AccessPolicy,
     Authenticator,
     Role,
-    RouteRule,
     access_middleware,
 )
+from dashboards.routes import Route
 from hub.commands import CommandStatus
 from hub.registry import AgentRecord, DeviceRecord, HealthState
 from hub.service import HubService
@@ -49,23 +48,9 @@ MAX_COMMAND_TIMEOUT_S: Final = 60.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_READERS: Final = frozenset({Role.ADMIN, Role.TECHNICIAN, Role.VIEWER})
+#: staff who may look at device health (counter staff work the queue, not the devices)
+_READERS: Final = frozenset({Role.ADMIN, Role.TECHNICIAN, Role.COMMANDER, Role.JUDGE, Role.CLERK})
 _OPERATORS: Final = frozenset({Role.ADMIN, Role.TECHNICIAN})
-
-
-@dataclass(frozen=True, slots=True)
-class ApiRoute:
-    """One row of the route table."""
-
-    method: str
-    path: str
-    handler: Handler
-    roles: frozenset[Role]
-
-    @property
-    def rule(self) -> RouteRule:
-        """The access rule of this route."""
-        return RouteRule(self.method, self.path, self.roles)
 
 
 class CommandRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -176,17 +161,17 @@ async def post_command(request: web.Request) -> web.Response:
 
 
 #: The one route table: every route the API serves and the roles that may call it.
-ROUTES: Final[tuple[ApiRoute, ...]] = (
-    ApiRoute("GET", "/api/v1/health", get_health, frozenset({Role.ANONYMOUS})),
-    ApiRoute("GET", "/api/v1/stats", get_stats, _READERS),
-    ApiRoute("GET", "/api/v1/agents", get_agents, _READERS),
-    ApiRoute("GET", "/api/v1/devices", get_devices, _READERS),
-    ApiRoute("GET", "/api/v1/devices/{agent}/{device}", get_device, _READERS),
-    ApiRoute("POST", "/api/v1/devices/{agent}/{device}/commands", post_command, _OPERATORS),
+ROUTES: Final[tuple[Route, ...]] = (
+    Route("GET", "/api/v1/health", get_health, frozenset({Role.ANONYMOUS})),
+    Route("GET", "/api/v1/stats", get_stats, _READERS),
+    Route("GET", "/api/v1/agents", get_agents, _READERS),
+    Route("GET", "/api/v1/devices", get_devices, _READERS),
+    Route("GET", "/api/v1/devices/{agent}/{device}", get_device, _READERS),
+    Route("POST", "/api/v1/devices/{agent}/{device}/commands", post_command, _OPERATORS),
 )
 
 
-def access_policy(routes: Sequence[ApiRoute] = ROUTES) -> AccessPolicy:
+def access_policy(routes: Sequence[Route] = ROUTES) -> AccessPolicy:
     """The access table of ``routes``."""
     return AccessPolicy(r.rule for r in routes)
 
@@ -195,7 +180,7 @@ def create_api_app(
     service: HubService,
     authenticators: Sequence[Authenticator],
     *,
-    routes: Sequence[ApiRoute] = ROUTES,
+    routes: Sequence[Route] = ROUTES,
 ) -> web.Application:
     """The API application for ``service``; callers are checked by ``authenticators``."""
     policy = access_policy(routes)

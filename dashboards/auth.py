@@ -40,10 +40,11 @@ class Role(StrEnum):
     ANONYMOUS = "anonymous"
     ADMIN = "admin"
     TECHNICIAN = "technician"
-    CLERK = "clerk"
     JUDGE = "judge"
+    CLERK = "clerk"
     COMMANDER = "commander"
-    VIEWER = "viewer"
+    #: hall window staff (call next, recall, transfer)
+    COUNTER = "counter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +54,15 @@ class Principal:
     name: str
     roles: frozenset[Role]
     via: str = "token"
+    #: UI language of the user (message catalog name), chosen per user
+    language: str = "zh-CN"
+    display_name: str = ""
 
 
 PRINCIPAL_KEY: Final = web.RequestKey("principal", Principal)
+#: The CSRF token of a cookie session, set by the session middleware; pages put it in
+#: ``<meta name="csrf-token">`` and scripts send it as ``X-CSRF-Token`` on every non-GET call.
+CSRF_TOKEN_KEY: Final = web.RequestKey("csrf_token", str)
 
 
 class Authenticator(Protocol):

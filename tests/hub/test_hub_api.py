@@ -167,7 +167,7 @@ async def test_a_route_missing_from_the_table_is_forbidden(tmp_path: Path) -> No
 
 
 async def test_a_role_outside_the_route_roles_is_forbidden(tmp_path: Path) -> None:
-    viewer = Principal("v", frozenset({Role.VIEWER}))
+    viewer = Principal("v", frozenset({Role.COMMANDER}))
     app = create_api_app(_service(tmp_path), [BearerTokenAuthenticator("tok", viewer)])
     async with TestClient(TestServer(app)) as client:
         r = await client.get("/api/v1/devices", headers=bearer("tok"))
