@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
 # Install the system packages courthub needs, where apt exists; idempotent and quiet when done.
+#   mosquitto, mosquitto-clients  the broker the hub owns, and its C clients (benchmark ceiling)
+#   ffmpeg                        video recording (stream copy) and H.264 encoding
+#   socat                         named pty pairs for serial devices
+#   openssl                       test certificates
+#   chromium, fonts-noto-cjk      browser tests of the web console (Chinese UI text)
 set -euo pipefail
 
-PACKAGES=(mosquitto mosquitto-clients ffmpeg socat openssl)
-BINARIES=(mosquitto mosquitto_pub ffmpeg socat openssl)
+# package:probe — the probe is a command, or dpkg:NAME for packages without a command
+WANTED=(
+  "mosquitto:mosquitto"
+  "mosquitto-clients:mosquitto_pub"
+  "ffmpeg:ffmpeg"
+  "socat:socat"
+  "openssl:openssl"
+  "chromium:chromium"
+  "fonts-noto-cjk:dpkg:fonts-noto-cjk"
+)
+
+present() {
+  case "$1" in
+    dpkg:*) dpkg -s "${1#dpkg:}" >/dev/null 2>&1 ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
 
 missing=()
-for i in "${!BINARIES[@]}"; do
-  command -v "${BINARIES[$i]}" >/dev/null 2>&1 || missing+=("${PACKAGES[$i]}")
+for entry in "${WANTED[@]}"; do
+  package=${entry%%:*}
+  probe=${entry#*:}
+  present "$probe" || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "courthub: apt-get not found; please install: ${missing[*]}" >&2
-  echo "courthub: without mosquitto the demo uses the embedded iotcore broker; tests need mosquitto." >&2
+  echo "courthub: without mosquitto the demo uses the embedded iotcore broker; tests need all of them." >&2
   exit 0
 fi
 SUDO=""
