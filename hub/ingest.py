@@ -37,7 +37,7 @@ from protocol.audio import AudioFrame, decode_frame
 from protocol.errors import BadMessage, BadReason
 from protocol.messages import HubState, Message, Rebirth, decode, encode, now_ms
 from protocol.mqtt_link import BrokerUrl, MqttLink, NotConnected, Subscription, Will
-from protocol.topics import AGENT_TO_HUB, BASE, TopicKind, build, parse
+from protocol.topics import AGENT_TO_HUB, BASE, Topic, TopicKind, build, parse
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 #: wrong-direction topics are seen and counted instead of silently missing.
 HUB_FILTER: Final = "courthub/#"
 HUB_STATE_TOPIC: Final = f"{BASE}/hub/state"
+
+#: Most parsed topics :class:`Ingest` remembers (one per agent and device and kind in practice);
+#: when full the cache starts over, so a flood of made-up topics cannot grow it without bound.
+TOPIC_CACHE_SIZE: Final = 65_536
 
 #: Topic kinds whose messages are retained; an empty payload there clears the retained message.
 _RETAINED_KINDS: Final = frozenset({TopicKind.BIRTH, TopicKind.DEATH, TopicKind.DEVICE_STATE})
@@ -117,6 +121,10 @@ class Ingest:
         self._room.set()
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: topic string -> parsed topic, valid topics only (network thread only, no lock): a
+        #: device publishes on the same few topics all day, and parse + two id regexes were
+        #: ~10 % of the network thread's time per message.
+        self._topics: dict[str, Topic] = {}
         self.link = MqttLink(
             url,
             client_id=client_id,
@@ -195,7 +203,12 @@ class Ingest:
         self._enqueue(item)
 
     def _decode(self, topic: str, payload: bytes, retained: bool) -> Inbound | None:
-        parsed = parse(topic)
+        parsed = self._topics.get(topic)
+        if parsed is None:
+            parsed = parse(topic)  # raises BadMessage: not cached, counted every time
+            if len(self._topics) >= TOPIC_CACHE_SIZE:
+                self._topics.clear()
+            self._topics[topic] = parsed
         if parsed.agent is None:
             # hub/state and hub/alerts are the hub's own (retained copies come back on subscribe)
             self.counters.hub_topics_ignored += 1

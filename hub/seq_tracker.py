@@ -81,6 +81,13 @@ class RangeSet:
 
     def add(self, value: int) -> None:
         """Add one number."""
+        hi = self._hi
+        if hi and value == hi[-1] + 1:
+            # fast path, the common case: the next in-order seq extends the top interval
+            # (value is above every number held, so nothing else can merge with it)
+            hi[-1] = value
+            self._count += 1
+            return
         self.add_range(value, value)
 
     def add_range(self, lo: int, hi: int) -> None:
