@@ -32,6 +32,8 @@ from protocol.topics import BASE, HUB, check_id
 
 log = logging.getLogger(__name__)
 
+#: Mosquitto's pid file in the broker folder, so tools beside the hub can signal it.
+PID_FILE = "mosquitto.pid"
 #: PBKDF2 rounds for Mosquitto's ``$7$`` password hashes (mosquitto_passwd uses 101).
 PASSWORD_ROUNDS = 10_000
 
@@ -201,6 +203,11 @@ class MosquittoBroker:
         """Mosquitto's own log (stderr)."""
         return self.dir / "mosquitto.log"
 
+    @property
+    def pid_path(self) -> Path:
+        """The pid file Mosquitto writes while it runs (and removes when it exits)."""
+        return self.dir / PID_FILE
+
     def write_config(self) -> Path:
         """(Re)write mosquitto.conf, the password file and the ACL; returns the config path."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -221,6 +228,8 @@ class MosquittoBroker:
                     "allow_anonymous false",
                     f"password_file {passwd}",
                     f"acl_file {acl}",
+                    # read by `courthub provision` to make the running broker reload (SIGHUP)
+                    f"pid_file {self.pid_path}",
                     "persistence true",
                     f"persistence_location {self.dir / 'persistence'}/",
                     "autosave_interval 30",
@@ -383,10 +392,15 @@ class EmbeddedBroker:
         self.start()
 
 
-def owned_broker(data_dir: Path, accounts: BrokerAccounts, port: int = 0) -> OwnedBroker:
-    """Mosquitto when installed, else the embedded fallback."""
+def owned_broker(
+    data_dir: Path, accounts: BrokerAccounts, port: int = 0, tls: TlsFiles | None = None
+) -> OwnedBroker:
+    """Mosquitto when installed, else the embedded fallback (which cannot do TLS)."""
     if shutil.which("mosquitto"):
-        return MosquittoBroker(data_dir, accounts, port=port)
+        return MosquittoBroker(data_dir, accounts, port=port, tls=tls)
+    if tls is not None:
+        # never fall back to plain MQTT when the court asked for mqtts
+        raise BrokerError("TLS needs mosquitto, which is not installed (apt-get install mosquitto)")
     return EmbeddedBroker(data_dir, port=port)
 
 

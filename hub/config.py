@@ -12,6 +12,7 @@ username = "hub"               # the hub's MQTT account
 password = ""                  # mode "url": the hub's password, or password_file
 password_file = ""
 client_id = "courthub-hub"     # stable: the hub's persistent MQTT session is keyed by it
+tls = false                    # mode "own": mqtts with the local CA in data_dir/tls/ (SECURITY.md)
 [[broker.accounts]]            # accounts the hub provisions on its own broker
 username = "hall-1"
 role = "agent"                 # "agent" | "device"
@@ -91,6 +92,9 @@ class BrokerSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     password_file: str = ""
     client_id: str = "courthub-hub"
     accounts: list[AccountConfig] = []
+    #: mode "own": the private Mosquitto listens with TLS (mqtts) using data_dir/tls/, whose
+    #: local CA and server certificate ``courthub provision tls`` creates (or the first start)
+    tls: bool = False
 
 
 class ApiSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
