@@ -30,6 +30,7 @@ from dashboards.auth import (
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
+from hub.provisioning import client_url, credentials_for, owned_broker_tls
 from hub.service import HubService
 from protocol.mqtt_link import BrokerUrl
 
@@ -125,7 +126,8 @@ def read_runtime_file(data_dir: Path) -> dict[str, Any] | None:
 def _write_runtime_file(data_dir: Path, broker_url: BrokerUrl, api_url: str) -> None:
     path = data_dir / RUNTIME_FILE
     tmp = path.with_name(path.name + ".tmp")
-    info = {"broker_url": str(broker_url), "api_url": api_url, "pid": os.getpid()}
+    # client_url keeps ?ca= for a TLS broker (never credentials): tools beside the hub need it
+    info = {"broker_url": client_url(broker_url), "api_url": api_url, "pid": os.getpid()}
     tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
     tmp.replace(path)
 
@@ -137,8 +139,11 @@ def _remove_runtime_file(data_dir: Path) -> None:
 
 async def _start_own_broker(config: HubConfig) -> tuple[Credentials, OwnedBroker]:
     mqtt_dir = config.data_dir / MQTT_DIR
-    credentials = await asyncio.to_thread(Credentials.load_or_create, mqtt_dir, config.broker)
-    broker = owned_broker(mqtt_dir, credentials.accounts(), port=config.broker.port)
+    # hub.toml's accounts and the provisioned ones (`courthub provision agent`): loading only
+    # hub.toml's would drop the provisioned agents' passwords
+    credentials = await asyncio.to_thread(credentials_for, config)
+    tls = await asyncio.to_thread(owned_broker_tls, config)
+    broker = owned_broker(mqtt_dir, credentials.accounts(), port=config.broker.port, tls=tls)
     try:
         await asyncio.to_thread(broker.start)
     except Exception as exc:

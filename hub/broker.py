@@ -169,6 +169,7 @@ class MosquittoBroker:
         port: int = 0,
         binary: str | None = None,
         tls: TlsFiles | None = None,
+        max_queued_messages: int = 100_000,
     ) -> None:
         found = binary or shutil.which("mosquitto")
         if not found:
@@ -179,6 +180,8 @@ class MosquittoBroker:
         self.host = host
         self.port = port or free_port(host)
         self.tls = tls
+        #: QoS 1 messages Mosquitto holds per session for a client that lags (the hub)
+        self.max_queued_messages = max_queued_messages
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -233,8 +236,9 @@ class MosquittoBroker:
                     "persistence true",
                     f"persistence_location {self.dir / 'persistence'}/",
                     "autosave_interval 30",
-                    # the hub's persistent session must survive a burst while it restarts
-                    "max_queued_messages 100000",
+                    # the hub's persistent session must survive a burst while it restarts or
+                    # lags; beyond this Mosquitto drops, and the hub reports the seq gap as lost
+                    f"max_queued_messages {self.max_queued_messages}",
                     "max_inflight_messages 100",
                     "log_dest stderr",
                     "log_type error",
