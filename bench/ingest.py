@@ -166,6 +166,13 @@ async def _ceiling(broker: MosquittoBroker, messages: int) -> dict[str, Any]:
     }
 
 
+async def _flood_from(
+    broker: MosquittoBroker, pwfile: Path, options: BenchOptions, messages: int
+) -> dict[str, Any]:
+    passwords = json.loads(await asyncio.to_thread(pwfile.read_text))
+    return await _flood(broker, passwords, options.flood_devices, messages)
+
+
 async def _paho_receive(broker: MosquittoBroker, pwfile: Path, options: BenchOptions) -> float:
     import threading
 
@@ -189,10 +196,10 @@ async def _paho_receive(broker: MosquittoBroker, pwfile: Path, options: BenchOpt
     client.username_pw_set("hub", HUB_PASSWORD)
     client.on_message = on_message
     client.connect("127.0.0.1", broker.port)
-    client.subscribe("courthub/v1/+/+/telemetry", qos=0)
+    client.subscribe("courthub/v1/+/+/telemetry", qos=1)
     client.loop_start()
     await asyncio.sleep(0.3)
-    await _publisher(broker, pwfile, options, options.client_messages)
+    await _flood_from(broker, pwfile, options, options.client_messages)
     await asyncio.to_thread(done.wait, 30)
     client.disconnect()
     client.loop_stop()
@@ -207,8 +214,8 @@ async def _aiomqtt_receive(broker: MosquittoBroker, pwfile: Path, options: Bench
     async with aiomqtt.Client(
         "127.0.0.1", broker.port, username="hub", password=HUB_PASSWORD, identifier="bench-aiomqtt"
     ) as client:
-        await client.subscribe("courthub/v1/+/+/telemetry", qos=0)
-        pub = asyncio.create_task(_publisher(broker, pwfile, options, options.client_messages))
+        await client.subscribe("courthub/v1/+/+/telemetry", qos=1)
+        pub = asyncio.create_task(_flood_from(broker, pwfile, options, options.client_messages))
         try:
             async with asyncio.timeout(60):
                 async for _ in client.messages:
@@ -323,8 +330,7 @@ async def _hub_phases(
     try:
         if not await hub.wait_connected(10):
             raise RuntimeError("hub did not connect to the benchmark broker")
-        passwords = json.loads(await asyncio.to_thread(pwfile.read_text))
-        sent = await _flood(broker, passwords, options.flood_devices, options.messages)
+        sent = await _flood_from(broker, pwfile, options, options.messages)
         await _wait_count(probe, sent["sent"])
         elapsed = probe.last - probe.first
         out["sustained"] = {
