@@ -14,6 +14,7 @@ only read the hub's registry and call its services; they hold no business rules.
 | ``POST /api/v1/devices/{agent}/{device}/commands``  | admin, technician          |
 
 Errors are ``{"error": "..."}``. Times are UTC milliseconds; ``timezone`` says how to show them.
+Device commands go to the audit trail when the app carries one (``dashboards.sessions.AUDIT_KEY``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ import msgspec
 from aiohttp import web
 
 from dashboards.auth import (
+    PRINCIPAL_KEY,
     AccessPolicy,
     Authenticator,
     Role,
     access_middleware,
 )
 from dashboards.routes import Route
+from dashboards.sessions import AUDIT_KEY
+from hub.audit import Action
 from hub.commands import CommandStatus
 from hub.registry import AgentRecord, DeviceRecord, HealthState
 from hub.service import HubService
@@ -157,6 +161,25 @@ async def post_command(request: web.Request) -> web.Response:
     if not 0 < body.timeout_s <= MAX_COMMAND_TIMEOUT_S:
         raise _error(400, f"timeout_s must be in (0, {MAX_COMMAND_TIMEOUT_S:g}]")
     outcome = await service.call_command(agent_id, device_id, body.name, body.args, body.timeout_s)
+    audit = request.config_dict.get(AUDIT_KEY)
+    if audit is not None:
+        principal = request.get(PRINCIPAL_KEY)
+        try:
+            await audit.record(
+                principal.name if principal else "",
+                Action.DEVICE_COMMAND,
+                target=f"{agent_id}/{device_id}",
+                detail={
+                    "name": body.name,
+                    "ok": outcome.ok,
+                    "status": outcome.status.value,
+                    "error": outcome.error,
+                },
+                source=request.remote or "",
+            )
+        except Exception:
+            # the command has run: answering an error now would tell the caller it did not
+            log.exception("device command not audited agent=%s device=%s", agent_id, device_id)
     return web.json_response(outcome.to_json(), status=_STATUS_HTTP[outcome.status])
 
 
