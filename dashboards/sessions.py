@@ -341,7 +341,7 @@ async def put_my_password(request: web.Request) -> web.Response:
     try:
         result = await accounts.change_password(principal.name, old, new, source=source)
     except AccountError as exc:
-        raise http_error(400, str(exc)) from None
+        raise account_error(exc) from None
     if result.reason == "locked":
         return await _refused_login(audit, result, principal.name, source)
     if not result.ok:
@@ -383,7 +383,7 @@ async def put_my_language(request: web.Request) -> web.Response:
     try:
         user = await accounts.set_language(principal.name, language)
     except AccountError as exc:
-        raise http_error(400, str(exc)) from None
+        raise account_error(exc) from None
     return web.json_response({"user": user_json(user)})
 
 
@@ -422,7 +422,7 @@ async def post_my_api_token(request: web.Request) -> web.Response:
     try:
         token = await accounts.create_api_token(principal.name, label)
     except AccountError as exc:
-        raise http_error(400, str(exc)) from None
+        raise account_error(exc) from None
     token_id = api_token_id(token)
     await audit.record(
         principal.name,

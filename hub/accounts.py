@@ -250,6 +250,11 @@ def api_token_id(token: str) -> str:
     return _sha256(token)[:16]
 
 
+def _loggable(name: str) -> str:
+    """A username fit for the log: anything else may be a password typed into the wrong field."""
+    return name if _USERNAME_RE.fullmatch(name) else "(not a username)"
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -458,7 +463,7 @@ class AccountStore:
         now = self._now_ms()
         retry_after_ms = await self._run(self._reserve_attempt_blocking, keys, now)
         if retry_after_ms > 0:
-            log.info("login refused: locked username=%r source=%s", name, source)
+            log.info("login refused: locked username=%s source=%s", _loggable(name), source)
             return LoginResult(False, None, "locked", retry_after_ms / 1000)
         record = None
         if _USERNAME_RE.fullmatch(name):
@@ -469,7 +474,7 @@ class AccountStore:
         if record is None or not password_ok:
             # the attempt stays counted; a lock it triggered is reported on the next attempt,
             # so this answer looks the same whether or not the username exists
-            log.info("login failed username=%r source=%s", name, source)
+            log.info("login failed username=%s source=%s", _loggable(name), source)
             return LoginResult(False, None, "bad_credentials")
         password_hash, user = record
         await self._run(self._release_attempt_blocking, keys)

@@ -384,3 +384,10 @@ async def test_changes_by_another_process_apply_at_once(
         assert await accounts.session(session.id) is None
     finally:
         await other.close()
+
+
+async def test_a_password_typed_as_username_stays_out_of_the_log(
+    accounts: AccountStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await accounts.login("My Secret P@ss", "x", source="10.0.0.1")
+    assert "Secret" not in caplog.text and "(not a username)" in caplog.text
