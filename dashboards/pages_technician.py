@@ -1,0 +1,179 @@
+"""The technician's device page: every agent and device of the court, grouped by venue.
+
+Each device is a card: state (colour *and* icon), last seen as a ticking age, model and firmware,
+bad-message count, latest metrics, and one button per capability that runs the command through
+the hub (``POST /api/v1/devices/{agent}/{device}/commands``) and shows its outcome on the card.
+The page renders the registry as it is now; ``static/technician.js`` keeps it current over the
+live socket (topics ``devices``, ``telemetry``, ``alerts``).
+
+| route              | roles             |
+|--------------------|-------------------|
+| ``GET /technician`` | admin, technician |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+
+from dashboards.api import SERVICE_KEY
+from dashboards.auth import Role
+from dashboards.live import Topic
+from dashboards.pages import RENDERER_KEY
+from dashboards.routes import Route
+from hub.registry import AgentRecord, DeviceRecord, HealthState, Registry
+from protocol.messages import VenueKind
+
+log = logging.getLogger(__name__)
+
+_TECHNICIANS: Final = frozenset({Role.ADMIN, Role.TECHNICIAN})
+#: the order venues appear in (a hall first: that is where litigants wait)
+VENUE_ORDER: Final = tuple(kind.value for kind in VenueKind)
+#: worst first, for the summary
+STATE_ORDER: Final = (HealthState.OFFLINE, HealthState.FAULT, HealthState.STALE, HealthState.ONLINE)
+#: metrics shown on a card, at most (a driver may report dozens)
+MAX_METRICS: Final = 8
+LIVE_TOPICS: Final = (Topic.DEVICES.value, Topic.TELEMETRY.value, Topic.ALERTS.value)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """An agent as its venue's header shows it."""
+
+    id: str
+    online: bool
+    version: str
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """What one device card shows."""
+
+    agent: str
+    id: str
+    kind: str
+    model: str
+    firmware: str
+    capabilities: tuple[str, ...]
+    state: str
+    reason: str
+    since_ms: int
+    last_seen_ms: int
+    bad_messages: int
+    metrics: tuple[tuple[str, str], ...]
+
+    @property
+    def key(self) -> str:
+        """``agent/device``, the card's ``data-device``."""
+        return f"{self.agent}/{self.id}"
+
+    @classmethod
+    def of(cls, device: DeviceRecord) -> DeviceView:
+        """The card of a registry record."""
+        return cls(
+            agent=device.agent,
+            id=device.id,
+            kind=device.kind,
+            model=device.model,
+            firmware=device.firmware,
+            capabilities=device.capabilities,
+            state=device.state.value,
+            reason=device.state_reason,
+            since_ms=device.state_since_ms,
+            last_seen_ms=device.last_seen_ms,
+            bad_messages=device.bad_messages,
+            metrics=format_metrics(device.metrics),
+        )
+
+    @classmethod
+    def blank(cls) -> DeviceView:
+        """The empty card the page's script copies for a device that appears later."""
+        return cls("", "", "", "", "", (), HealthState.OFFLINE.value, "", 0, 0, 0, ())
+
+
+@dataclass(frozen=True, slots=True)
+class VenueView:
+    """A venue's section: its agents and their devices."""
+
+    key: str
+    name: str
+    kind: str
+    agents: tuple[AgentView, ...]
+    devices: tuple[DeviceView, ...]
+
+    @classmethod
+    def blank(cls) -> VenueView:
+        """The empty section the page's script copies for a venue that appears later."""
+        return cls("", "", "", (), ())
+
+
+def format_metrics(metrics: Mapping[str, float]) -> tuple[tuple[str, str], ...]:
+    """The first metrics by name, numbers shortened for a card."""
+    return tuple((name, f"{metrics[name]:.6g}") for name in sorted(metrics)[:MAX_METRICS])
+
+
+def venue_key(agent: AgentRecord) -> str:
+    """Devices group by venue id; an agent without one is its own venue."""
+    return agent.venue_id or f"agent:{agent.id}"
+
+
+def venue_views(registry: Registry) -> list[VenueView]:
+    """Every agent and device, grouped by venue, venues ordered by kind then name."""
+    groups: dict[str, list[AgentRecord]] = {}
+    for agent in registry.agents():
+        groups.setdefault(venue_key(agent), []).append(agent)
+    venues = []
+    for key, agents in groups.items():
+        first = agents[0]
+        devices = tuple(DeviceView.of(d) for a in agents for d in registry.devices_of(a.id))
+        venues.append(
+            VenueView(
+                key=key,
+                name=first.venue_name or first.venue_id or first.id,
+                kind=first.venue_kind,
+                agents=tuple(AgentView(a.id, a.online, a.version, a.last_seen_ms) for a in agents),
+                devices=devices,
+            )
+        )
+    venues.sort(key=lambda v: (_kind_rank(v.kind), v.name, v.key))
+    return venues
+
+
+def _kind_rank(kind: str) -> int:
+    return VENUE_ORDER.index(kind) if kind in VENUE_ORDER else len(VENUE_ORDER)
+
+
+def state_counts(devices: Iterable[DeviceView]) -> dict[str, int]:
+    """How many devices are in each state."""
+    counts = {state.value: 0 for state in STATE_ORDER}
+    for device in devices:
+        counts[device.state] = counts.get(device.state, 0) + 1
+    return counts
+
+
+async def technician_page(request: web.Request) -> web.Response:
+    """The device grid."""
+    service = request.app[SERVICE_KEY]
+    venues = venue_views(service.registry)
+    renderer = request.app[RENDERER_KEY]
+    return renderer.render(
+        request,
+        "technician.html",
+        page="technician",
+        title_key="tech.title",
+        live_topics=LIVE_TOPICS,
+        venues=venues,
+        states=[s.value for s in STATE_ORDER],
+        counts=state_counts(d for v in venues for d in v.devices),
+        blank_venue=VenueView.blank(),
+        blank_device=DeviceView.blank(),
+        blank_agent=AgentView("", False, "", 0),
+    )
+
+
+ROUTES: Final[tuple[Route, ...]] = (Route("GET", "/technician", technician_page, _TECHNICIANS),)
