@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -147,9 +148,12 @@ class LiveOptions:
     refresh_interval_s: float = 2.0
     #: most messages sent in one frame
     batch_max: int = 256
+    #: kernel send buffer of each socket (0: the kernel's own, which grows to megabytes): kept
+    #: small so a client that stops reading fills its queue, and is dropped, within seconds
+    send_buffer_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
-        if self.queue_size < 1 or self.batch_max < 1:
+        if self.queue_size < 1 or self.batch_max < 1 or self.send_buffer_bytes < 0:
             raise ValueError("queue_size and batch_max must be positive")
         if min(self.telemetry_interval_s, self.heartbeat_s, self.refresh_interval_s) <= 0:
             raise ValueError("intervals must be positive")
@@ -630,6 +634,16 @@ def _same_origin(request: web.Request) -> bool:
     return urlsplit(origin).netloc.lower() == request.host.lower()
 
 
+def _limit_send_buffer(request: web.Request, size: int) -> None:
+    """Bound what the kernel holds for one client (the per-client queue bounds the rest)."""
+    if not size or request.transport is None:
+        return
+    sock = request.transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
 async def live_socket(request: web.Request) -> web.StreamResponse:
     """``GET /ws``: the page's live connection."""
     if not _same_origin(request):
@@ -646,6 +660,7 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
         max_msg_size=MAX_CLIENT_MESSAGE,
         timeout=CLOSE_TIMEOUT_S,
     )
+    _limit_send_buffer(request, hub.options.send_buffer_bytes)
     await ws.prepare(request)
     client = hub.attach(ws, principal, request.remote or "?", request.transport)
     try:
