@@ -133,8 +133,7 @@
       button.className = "btn small cmd";
       button.dataset.command = name;
       button.dataset.testid = "command-button";
-      const label = C.t("cap." + name);
-      button.textContent = label === "cap." + name ? name : label;
+      button.textContent = capabilityLabel(name);
       return button;
     });
     box.replaceChildren.apply(box, buttons);
@@ -267,8 +266,14 @@
     return text.length > 200 ? text.slice(0, 200) + "…" : text;
   }
 
+  function capabilityLabel(name) {
+    const label = C.t("cap." + name);
+    return label === "cap." + name ? name : label;
+  }
+
   async function runCommand(card, button) {
-    const name = button.dataset.command;
+    const command = button.dataset.command;
+    const name = capabilityLabel(command);
     const key = card.dataset.device;
     const slash = key.indexOf("/");
     const agent = key.slice(0, slash);
@@ -292,9 +297,9 @@
     }
     showResult(card, "running", C.t("cmd.running", { name: name }));
     const url = "/api/v1/devices/" + encodeURIComponent(agent) + "/" + encodeURIComponent(device) + "/commands";
-    const response = await C.api("POST", url, { name: name, args: args });
+    const response = await C.api("POST", url, { name: command, args: args });
     const data = response.data || {};
-    if (response.status === 504 || data.status === "deadline") {
+    if (response.status === 504 || data.status === "deadline_exceeded") {
       showResult(card, "deadline", C.t("cmd.deadline", { name: name }));
     } else if (response.ok && data.ok) {
       const detail = summarize(data.result);
