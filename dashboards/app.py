@@ -43,7 +43,7 @@ from hub.service import HubService
 
 log = logging.getLogger(__name__)
 
-#: Routes of the HTML pages: the ones a browser is redirected to ``/login`` from.
+#: The console's HTML pages.
 PAGE_ROUTES: Final[tuple[Route, ...]] = (
     *pages_account.ROUTES,
     *pages_technician.ROUTES,
@@ -56,6 +56,19 @@ CONSOLE_ROUTES: Final[tuple[Route, ...]] = (
     *live.ROUTES,
     *pages_static.ROUTES,
 )
+
+
+def is_page(route: Route) -> bool:
+    """A route a person opens in the browser (every ``GET`` outside the API, socket, assets).
+
+    Those are the ones a browser without a session is redirected to ``/login`` from — the
+    console's own pages and any an ``extra_routes`` table adds.
+    """
+    return (
+        route.method == "GET"
+        and not route.path.startswith(("/api/", "/static/"))
+        and route.path != "/ws"
+    )
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,7 @@ def create_console_app(
     """
     routes = (*CONSOLE_ROUTES, *extra_routes)
     policy = AccessPolicy(route.rule for route in routes)
-    page_paths = [route.path for route in PAGE_ROUTES]
+    page_paths = [route.path for route in routes if is_page(route)]
     app = web.Application(
         middlewares=[
             browser_middleware(page_paths),

@@ -24,7 +24,7 @@ from dashboards.app import CONSOLE_ROUTES, ConsoleOptions, create_console_app
 from dashboards.auth import Handler, Role
 from dashboards.i18n import SUPPORTED_LANGUAGES, Catalogs
 from dashboards.live import LIVE_KEY
-from dashboards.pages import PASSWORD_CHANGE_PAGES
+from dashboards.pages import PASSWORD_CHANGE_PAGES, NavItem
 from dashboards.routes import Route
 from dashboards.sessions import (
     ACCOUNTS_KEY,
@@ -108,6 +108,25 @@ async def test_setup_and_extra_middlewares_run(tmp_path: Path) -> None:
         assert r.status == 200 and "/login" in str(r.url)  # followed the redirect
     # extra middlewares run after the access check: only the allowed requests reach them
     assert seen == ["/technician", "/login"]
+
+
+async def test_pages_of_other_modules_join_the_nav_and_the_login_redirect(tmp_path: Path) -> None:
+    async def hall(request: web.Request) -> web.Response:
+        return web.Response(text="<p>hall</p>", content_type="text/html")
+
+    page = Route("GET", "/hall", hall, frozenset({Role.COUNTER, Role.ADMIN}))
+    nav = (*ConsoleOptions().nav, NavItem("/hall", "nav.users", "tile.users", "i-users"))
+    options = ConsoleOptions(nav=nav)
+    async with console(make_service(tmp_path), options, extra_routes=[page]) as client:
+        r = await client.get("/hall", headers=BROWSER, allow_redirects=False)
+        assert r.status == 302 and r.headers["Location"] == "/login?next=/hall"
+        r = await client.get("/hall", headers=auth(Role.TECHNICIAN, **BROWSER))
+        assert r.status == 403 and 'data-testid="forbidden"' in await r.text()
+        home = await (await client.get("/", headers=auth(Role.COUNTER))).text()
+        assert 'data-testid="nav-hall"' in home and 'data-testid="tile-hall"' in home
+        assert 'data-testid="nav-technician"' not in home
+        home = await (await client.get("/", headers=auth(Role.TECHNICIAN))).text()
+        assert 'data-testid="nav-hall"' not in home
 
 
 async def test_an_undeclared_route_is_forbidden_even_to_admins(tmp_path: Path) -> None:
