@@ -20,13 +20,25 @@ from typing import Any
 
 from aiohttp import web
 
-from dashboards.api import create_api_app
+from dashboards import admin_api, sessions
+from dashboards.app import ConsoleOptions, create_console_app
 from dashboards.auth import (
+    Authenticator,
     BearerTokenAuthenticator,
     Principal,
     Role,
     load_or_create_api_token,
 )
+from dashboards.pages import PASSWORD_CHANGE_PAGES
+from dashboards.sessions import (
+    ACCOUNTS_KEY,
+    AUDIT_KEY,
+    ApiTokenAuthenticator,
+    SessionAuthenticator,
+    csrf_middleware,
+)
+from hub.accounts import AccountStore
+from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
@@ -60,6 +72,11 @@ class HubRuntime:
     broker: OwnedBroker | None = None
     #: The generated MQTT passwords (mode "own"), else ``None``.
     credentials: Credentials | None = None
+    #: Web console accounts and the audit trail.
+    accounts: AccountStore | None = None
+    audit: AuditLog | None = None
+    #: The first admin's one-time password when this start created it (print it once, never log).
+    first_admin_password: str | None = field(default=None, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -80,6 +97,8 @@ async def run_hub(
     credentials: Credentials | None = None
     service: HubService | None = None
     runner: web.AppRunner | None = None
+    accounts: AccountStore | None = None
+    audit: AuditLog | None = None
     username: str | None
     password: str | None
     try:
@@ -96,12 +115,26 @@ async def run_hub(
         if not await service.wait_connected(CONNECT_WAIT_S):
             log.warning("hub not connected to the broker yet broker=%s; retrying", broker_url)
         token = await asyncio.to_thread(load_or_create_api_token, data_dir)
-        runner, api_url = await _start_api(config, service, token)
+        accounts = await AccountStore.open(data_dir)
+        audit = await AuditLog.open(data_dir)
+        first_admin_password = await accounts.ensure_first_admin()
+        runner, api_url = await _start_api(config, service, token, accounts, audit)
         await asyncio.to_thread(_write_runtime_file, data_dir, broker_url, api_url)
         log.info("hub ready broker=%s api=%s data_dir=%s", broker_url, api_url, data_dir)
         if on_ready is not None:
             result = on_ready(
-                HubRuntime(config, service, broker_url, api_url, token, broker, credentials)
+                HubRuntime(
+                    config,
+                    service,
+                    broker_url,
+                    api_url,
+                    token,
+                    broker,
+                    credentials,
+                    accounts,
+                    audit,
+                    first_admin_password,
+                )
             )
             if inspect.isawaitable(result):
                 await result
@@ -109,6 +142,12 @@ async def run_hub(
     finally:
         await asyncio.to_thread(_remove_runtime_file, data_dir)
         await _shutdown(runner, service, broker)
+        for store in (accounts, audit):
+            if store is not None:
+                try:
+                    await store.close()
+                except Exception:
+                    log.exception("closing %s failed", type(store).__name__)
 
 
 def read_runtime_file(data_dir: Path) -> dict[str, Any] | None:
@@ -163,11 +202,40 @@ def _external_password(config: HubConfig) -> str | None:
     return config.broker.password or None
 
 
-async def _start_api(
-    config: HubConfig, service: HubService, token: str
-) -> tuple[web.AppRunner, str]:
+def console_app(
+    config: HubConfig,
+    service: HubService,
+    token: str,
+    accounts: AccountStore,
+    audit: AuditLog,
+) -> web.Application:
+    """The web console: pages, JSON API, live updates, sign-in, admin — deny by default."""
     admin = Principal("api-token", frozenset({Role.ADMIN}))
-    app = create_api_app(service, [BearerTokenAuthenticator(token, admin)])
+    authenticators: list[Authenticator] = [
+        # a user with a one-time password may still open the page where they change it
+        SessionAuthenticator(accounts, allowed_while_password_change=PASSWORD_CHANGE_PAGES),
+        ApiTokenAuthenticator(accounts),
+        BearerTokenAuthenticator(token, admin),
+    ]
+
+    def setup(app: web.Application) -> None:
+        app[ACCOUNTS_KEY] = accounts
+        app[AUDIT_KEY] = audit
+
+    return create_console_app(
+        service,
+        authenticators,
+        options=ConsoleOptions(timezone=config.hub.timezone, court_name=config.hub.court_name),
+        extra_routes=(*sessions.ROUTES, *admin_api.ROUTES),
+        extra_middlewares=[csrf_middleware],
+        setup=setup,
+    )
+
+
+async def _start_api(
+    config: HubConfig, service: HubService, token: str, accounts: AccountStore, audit: AuditLog
+) -> tuple[web.AppRunner, str]:
+    app = console_app(config, service, token, accounts, audit)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

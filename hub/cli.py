@@ -58,13 +58,23 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
-    from hub.app import run_hub
+    from hub.app import HubRuntime, run_hub
     from hub.config import load_hub_config
 
     config = load_hub_config(Path(args.config))
 
+    def announce(runtime: HubRuntime) -> None:
+        # printed once to the operator's terminal, never logged
+        print(f"courthub hub: web console {runtime.api_url}/", flush=True)
+        if runtime.first_admin_password:
+            print(
+                "courthub hub: first start — sign in as 'admin' with the one-time password "
+                f"{runtime.first_admin_password} (you must change it at first sign-in)",
+                flush=True,
+            )
+
     async def main(stop: asyncio.Event) -> int:
-        await run_hub(config, stop)
+        await run_hub(config, stop, on_ready=announce)
         return 0
 
     return run_until_signalled(main)

@@ -65,6 +65,8 @@ class HubSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     data_dir: str = "data/hub"
     timezone: str = "Asia/Shanghai"
+    #: shown in the web console's top bar
+    court_name: str = "人民法院"
 
     @property
     def data_path(self) -> Path:

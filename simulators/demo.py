@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -95,10 +96,43 @@ def _port_or_free(port: int) -> int:
     return port
 
 
-def _print_where_to_look(runtime: HubRuntime, data_dir: Path) -> None:
+#: one demo login per role of the console: (username, role, display name)
+DEMO_USERS: tuple[tuple[str, str, str], ...] = (
+    ("admin", "admin", "系统管理员"),
+    ("tech", "technician", "运维工程师"),
+    ("judge", "judge", "审判员"),
+    ("clerk", "clerk", "书记员"),
+    ("commander", "commander", "执行指挥长"),
+    ("counter", "counter", "窗口工作人员"),
+)
+
+
+async def create_demo_logins(runtime: HubRuntime) -> list[tuple[str, str, str]]:
+    """A login per role with a fresh random password (no forced change: it is a demo)."""
+    accounts = runtime.accounts
+    if accounts is None:
+        return []
+    logins = []
+    for username, role, display_name in DEMO_USERS:
+        password = secrets.token_urlsafe(9)
+        if await accounts.get(username) is None:
+            await accounts.create_user(
+                username, password, {role}, display_name=display_name, language="zh-CN"
+            )
+        else:
+            await accounts.set_password(username, password, must_change=False)
+        logins.append((username, role, password))
+    return logins
+
+
+def _print_where_to_look(
+    runtime: HubRuntime, data_dir: Path, logins: list[tuple[str, str, str]]
+) -> None:
     # The demo is a terminal program: these lines are its user interface.
     lines = [
         "courthub demo is running — 演示已启动",
+        f"  web console / 控制台: {runtime.api_url}/",
+        *(f"    login / 登录  {user:<10} {password}   ({role})" for user, role, password in logins),
         f"  web API / 接口:   {runtime.api_url}/api/v1/devices",
         f"  API token / 令牌: {runtime.api_token}",
         f"  try / 试试:       curl -H 'Authorization: Bearer {runtime.api_token}' "
@@ -153,7 +187,8 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event) -> dict[str, Any]:
     )
     try:
         await court.start()
-        _print_where_to_look(runtime, data_dir)
+        logins = await create_demo_logins(runtime)
+        _print_where_to_look(runtime, data_dir, logins)
         await _wait(stop, options.duration_s)
         summary = _summary(runtime, court)
     finally:
