@@ -96,7 +96,7 @@ async def get_stats(request: web.Request) -> web.Response:
 async def get_agents(request: web.Request) -> web.Response:
     """Every agent with its venue, session and seq summary."""
     service = request.app[SERVICE_KEY]
-    agents = [_agent_json(service, a) for a in service.registry.agents()]
+    agents = [agent_json(service, a) for a in service.registry.agents()]
     return web.json_response(
         {"agents": agents, "count": len(agents), "timezone": service.config.hub.timezone}
     )
@@ -125,7 +125,7 @@ async def get_devices(request: web.Request) -> web.Response:
             continue
         if state is not None and device.state is not state:
             continue
-        devices.append(_device_json(service, device, agent, now))
+        devices.append(device_json(service, device, agent, now))
     return web.json_response(
         {"devices": devices, "count": len(devices), "timezone": service.config.hub.timezone}
     )
@@ -138,7 +138,7 @@ async def get_device(request: web.Request) -> web.Response:
     device = service.registry.device(agent_id, device_id)
     if device is None:
         raise _error(404, f"unknown device {agent_id[:64]}/{device_id[:64]}")
-    body = _device_json(service, device, service.registry.agent(agent_id), now_ms())
+    body = device_json(service, device, service.registry.agent(agent_id), now_ms())
     since = now_ms() - 7 * 86_400_000
     transitions = await service.device_transitions(agent_id, device_id, since_ms=since)
     body["transitions"] = [
@@ -208,7 +208,7 @@ def create_api_app(
     """The API application for ``service``; callers are checked by ``authenticators``."""
     policy = access_policy(routes)
     app = web.Application(
-        middlewares=[_json_errors, access_middleware(policy, authenticators)],
+        middlewares=[json_errors_middleware, access_middleware(policy, authenticators)],
         client_max_size=MAX_BODY,
     )
     app[SERVICE_KEY] = service
@@ -222,7 +222,7 @@ def create_api_app(
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def json_errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as ``{"error": "..."}``, including aiohttp's own 404/405/413."""
     try:
         return await handler(request)
@@ -252,7 +252,7 @@ _HTTP_ERRORS: Final[dict[int, type[web.HTTPException]]] = {
 }
 
 
-def _agent_json(service: HubService, agent: AgentRecord) -> dict[str, Any]:
+def agent_json(service: HubService, agent: AgentRecord) -> dict[str, Any]:
     devices = service.registry.devices_of(agent.id)
     return {
         "id": agent.id,
@@ -268,7 +268,7 @@ def _agent_json(service: HubService, agent: AgentRecord) -> dict[str, Any]:
     }
 
 
-def _device_json(
+def device_json(
     service: HubService, device: DeviceRecord, agent: AgentRecord | None, now: int
 ) -> dict[str, Any]:
     stale_after = service.health.stale_after_s(device)

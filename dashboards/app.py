@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dashboards import api, live, pages_account, pages_admin, pages_static, pages_technician
-from dashboards.api import MAX_BODY, POLICY_KEY, SERVICE_KEY, _json_errors
+from dashboards.api import MAX_BODY, POLICY_KEY, SERVICE_KEY, json_errors_middleware
 from dashboards.auth import AccessPolicy, Authenticator, access_middleware
 from dashboards.i18n import Catalogs
 from dashboards.live import LiveOptions, create_live_hub
@@ -105,7 +105,7 @@ def create_console_app(
     app = web.Application(
         middlewares=[
             browser_middleware(page_paths),
-            _json_errors,
+            json_errors_middleware,
             access_middleware(policy, authenticators),
             *extra_middlewares,
         ],

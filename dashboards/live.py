@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from dashboards.api import SERVICE_KEY, _agent_json, _device_json
+from dashboards.api import SERVICE_KEY, agent_json, device_json
 from dashboards.auth import PRINCIPAL_KEY, Principal, Role
 from dashboards.routes import Route
 from hub.registry import (
@@ -548,7 +548,7 @@ class LiveHub:
                 record = self.service.registry.agent(agent_id)
                 if record is not None:
                     self.publish(
-                        Topic.DEVICES, {"type": "agent", "agent": _agent_json(self.service, record)}
+                        Topic.DEVICES, {"type": "agent", "agent": agent_json(self.service, record)}
                     )
             case EventReceived(agent=agent, device=device, event=event):
                 self.publish(
@@ -573,7 +573,7 @@ class LiveHub:
         if device is None:
             return
         self._bad_sent[device.key] = device.bad_messages
-        body = _device_json(self.service, device, registry.agent(agent_id), now_ms())
+        body = device_json(self.service, device, registry.agent(agent_id), now_ms())
         self.publish(Topic.DEVICES, {"type": "device", "device": body})
 
     def _emit_telemetry(self, agent_id: str, device_id: str) -> None:
@@ -598,9 +598,9 @@ class LiveHub:
         return {
             "type": "snapshot",
             "server_ms": now,
-            "agents": [_agent_json(self.service, a) for a in registry.agents()],
+            "agents": [agent_json(self.service, a) for a in registry.agents()],
             "devices": [
-                _device_json(self.service, d, registry.agent(d.agent), now)
+                device_json(self.service, d, registry.agent(d.agent), now)
                 for d in registry.devices()
             ],
         }

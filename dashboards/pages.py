@@ -40,6 +40,7 @@ from dashboards.i18n import (
     normalize_language,
     request_language,
 )
+from dashboards.sessions import PASSWORD_CHANGE_REQUIRED
 from protocol.messages import now_ms
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,6 @@ LANG_COOKIE_MAX_AGE_S: Final = 365 * 86_400
 LOGIN_PATH: Final = "/login"
 PASSWORD_PATH: Final = "/account/password"
 #: The error :mod:`dashboards.sessions` answers while an account must change its password first.
-PASSWORD_CHANGE_REQUIRED: Final = "password change required"
 #: What a browser of such an account must still reach: give these to the session authenticators
 #: (``allowed_while_password_change``) so the change-password page can open.
 PASSWORD_CHANGE_PAGES: Final = (("GET", PASSWORD_PATH),)

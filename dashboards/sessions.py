@@ -60,6 +60,9 @@ from hub.audit import Action, AuditLog
 
 log = logging.getLogger(__name__)
 
+#: The error a user with a one-time password gets elsewhere; pages match it to redirect.
+PASSWORD_CHANGE_REQUIRED: Final = "password change required"
+
 SESSION_COOKIE: Final = "courthub_session"
 CSRF_HEADER: Final = "X-CSRF-Token"
 CSRF_FORM_FIELD: Final = "_csrf"
@@ -175,7 +178,7 @@ def _enforce_password_change(
         return
     if (request.method.upper(), resource.canonical) in allowed:
         return
-    raise http_error(403, "password change required")
+    raise http_error(403, PASSWORD_CHANGE_REQUIRED)
 
 
 # CSRF -------------------------------------------------------------------------------------------
