@@ -34,6 +34,7 @@ typecheck: setup
 
 bench: setup
 	$(BIN)/courthub bench ingest
+	$(BIN)/courthub bench ws
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -125,11 +125,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from bench.ingest import BenchOptions, run_ingest_bench
 
     options = BenchOptions(
-        devices=args.devices, messages=args.messages, latency_seconds=args.latency_seconds
+        flood_devices=args.devices, messages=args.messages, latency_seconds=args.latency_seconds
     )
     result = asyncio.run(run_ingest_bench(options))
     print(json.dumps(result, ensure_ascii=False, indent=None), flush=True)
     return 0
+
+
+def _cmd_bench_ws(args: argparse.Namespace) -> int:
+    from bench.ws_fanout import main as ws_main
+
+    return ws_main(args.rest)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -171,10 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("ingest", help="telemetry through broker -> hub registry")
-    b.add_argument("--devices", type=int, default=200)
+    b.add_argument("--devices", type=int, default=100, help="simulated devices (sustained phase)")
     b.add_argument("--messages", type=int, default=200_000)
     b.add_argument("--latency-seconds", type=float, default=10.0)
     b.set_defaults(func=_cmd_bench)
+    b = bench.add_parser("ws", help="web console WebSocket fan-out (options: --help)")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.ws_fanout")
+    b.set_defaults(func=_cmd_bench_ws)
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
     p.set_defaults(func=_cmd_schema)
