@@ -297,12 +297,22 @@ def regenerate_broker_files(config: HubConfig) -> bool:
         return _regenerate(config, _credentials(config).accounts())
 
 
+#: Gap between the two SIGHUPs of a reload (a Mosquitto reload takes milliseconds).
+RELOAD_RESIGNAL_S = 0.3
+
+
 def reload_running_broker(directory: Path) -> bool:
     """SIGHUP the Mosquitto whose pid file is in ``directory``; False when none is running."""
     pid = _running_broker_pid(directory)
     if pid is None:
         return False
     try:
+        os.kill(pid, signal.SIGHUP)
+        # Mosquitto sets a flag on SIGHUP and clears it when its reload ENDS: a SIGHUP that
+        # lands during a reload begun before our files were written is lost, and a revoked
+        # agent could still log in (seen once on a loaded machine). A second signal after any
+        # such reload has finished makes sure one reload starts after our writes.
+        time.sleep(RELOAD_RESIGNAL_S)
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
         return False

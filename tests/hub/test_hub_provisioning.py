@@ -78,10 +78,21 @@ async def links() -> AsyncIterator[list[MqttLink]]:
 
 
 async def connect(
-    opened: list[MqttLink], url: BrokerUrl, user: str, password: str | None, timeout: float
+    opened: list[MqttLink],
+    url: BrokerUrl,
+    user: str,
+    password: str | None,
+    timeout: float,
+    *,
+    client_id: str = "",
 ) -> MqttLink | None:
     """A connected link for ``user`` (the link retries by itself), or None after ``timeout``."""
-    link = MqttLink(url, client_id=f"t-{user}-{len(opened)}", username=user, password=password)
+    link = MqttLink(
+        url,
+        client_id=client_id or f"t-{user}-{len(opened)}",
+        username=user,
+        password=password,
+    )
     opened.append(link)
     await link.start()
     if await link.wait_connected(timeout):
@@ -93,9 +104,14 @@ async def connect(
 async def wait_refused(url: BrokerUrl, user: str, password: str, timeout: float = 10) -> None:
     """Poll fresh connections until the broker refuses ``user`` (it reloads asynchronously)."""
     deadline = time.monotonic() + timeout
+    attempt = 0
     while time.monotonic() < deadline:
         scratch: list[MqttLink] = []
-        link = await connect(scratch, url, user, password, 1.0)
+        attempt += 1
+        # a client id of its own: reusing a live link's id would make the two take the session
+        # from each other, and the still-running link's reconnects would look like acceptance
+        probe_id = f"probe-{user}-{attempt}"
+        link = await connect(scratch, url, user, password, 1.0, client_id=probe_id)
         for opened in scratch:
             await opened.stop()
         if link is None:
