@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps lint typecheck unit bench clean
+.PHONY: demo test setup system-deps lint typecheck unit bench screenshots clean
 
 demo: setup
 	$(BIN)/courthub demo $(ARGS)
@@ -35,6 +35,10 @@ typecheck: setup
 bench: setup
 	$(BIN)/courthub bench ingest
 	$(BIN)/courthub bench ws
+
+# the console's pages in headless Chromium, saved as PNGs for the README (tests/browser)
+screenshots: setup
+	COURTHUB_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
