@@ -70,6 +70,8 @@ SCRIPT_TEXT_PREFIXES: Final = (
     "cap.",
     "agent.",
     "live.",
+    "reason.",
+    "action.",
 )
 LANG_COOKIE_MAX_AGE_S: Final = 365 * 86_400
 LOGIN_PATH: Final = "/login"

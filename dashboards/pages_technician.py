@@ -14,6 +14,7 @@ live socket (topics ``devices``, ``telemetry``, ``alerts``).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from dashboards.api import SERVICE_KEY
 from dashboards.auth import Role
+from dashboards.i18n import Translator
 from dashboards.live import Topic
 from dashboards.pages import RENDERER_KEY
 from dashboards.routes import Route
@@ -38,6 +40,39 @@ STATE_ORDER: Final = (HealthState.OFFLINE, HealthState.FAULT, HealthState.STALE,
 #: metrics shown on a card, at most (a driver may report dozens)
 MAX_METRICS: Final = 8
 LIVE_TOPICS: Final = (Topic.DEVICES.value, Topic.TELEMETRY.value, Topic.ALERTS.value)
+#: the state reasons the hub and the drivers give, in English, and their catalog keys. A pattern
+#: matches a whole reason (or one part of a ", "-joined list); its group, if any, is ``{n}``. The
+#: page's script gets the same table, so keep the patterns valid in JavaScript too.
+REASON_RULES: Final = (
+    (r"^agent offline$", "reason.agent_offline"),
+    (r"^starting$", "reason.starting"),
+    (r"^kiosk broker unreachable$", "reason.kiosk_unreachable"),
+    (r"^printer jam$", "reason.printer_jam"),
+    (r"^paper out$", "reason.paper_out"),
+    (r"^card reader fault$", "reason.card_reader_fault"),
+    (r"^bad response$", "reason.bad_response"),
+    (r"^reported offline$", "reason.reported_offline"),
+    (r"^reported fault$", "reason.reported_fault"),
+    (r"^no answer within (\d+(?:\.\d+)?) s$", "reason.no_answer"),
+    (r"^no message in (\d+(?:\.\d+)?) s$", "reason.no_message"),
+)
+_REASONS: Final = tuple((re.compile(pattern), key) for pattern, key in REASON_RULES)
+
+
+def reason_text(t: Translator, reason: str) -> str:
+    """``reason`` in the page's language; the raw text when any part of it is not known."""
+    if not reason:
+        return ""
+    parts = []
+    for part in reason.split(", "):
+        for pattern, key in _REASONS:
+            match = pattern.match(part)
+            if match:
+                parts.append(t(key, n=match.group(1)) if match.groups() else t(key))
+                break
+        else:
+            return reason
+    return t("reason.separator").join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +208,9 @@ async def technician_page(request: web.Request) -> web.Response:
         blank_venue=VenueView.blank(),
         blank_device=DeviceView.blank(),
         blank_agent=AgentView("", False, "", 0),
+        reason_text=reason_text,
+        reason_rules=REASON_RULES,
+        venue_order=VENUE_ORDER,
     )
 
 

@@ -639,7 +639,7 @@ class AccountStore:
                 return False  # another process created a user meanwhile
             user = User(
                 username=username,
-                display_name="Administrator",
+                display_name="系统管理员",
                 roles=frozenset({"admin"}),
                 language=DEFAULT_LANGUAGE,
                 disabled=False,

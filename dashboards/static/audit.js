@@ -45,6 +45,11 @@
     return typeof detail === "string" ? detail : JSON.stringify(detail);
   }
 
+  function actionLabel(action) {
+    const label = C.t("action." + action);
+    return label === "action." + action ? action : label;
+  }
+
   function row(entry) {
     const tr = document.createElement("tr");
     tr.dataset.seq = String(entry.seq);
@@ -53,7 +58,10 @@
     tr.appendChild(cell(C.formatTime(entry.ts_ms), "nowrap"));
     tr.appendChild(cell(entry.actor));
     tr.appendChild(cell(entry.source));
-    tr.appendChild(cell(entry.action, "mono"));
+    const action = String(entry.action || "");
+    const actionCell = cell(actionLabel(action), "", action); /* the code stays searchable */
+    actionCell.dataset.action = action;
+    tr.appendChild(actionCell);
     tr.appendChild(cell(entry.target, "mono"));
     const detail = detailText(entry.detail);
     tr.appendChild(cell(detail.length > 300 ? detail.slice(0, 300) + "…" : detail, "detail mono", detail));

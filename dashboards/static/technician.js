@@ -11,6 +11,11 @@
   const tplVenue = document.getElementById("tpl-venue");
   const tplDevice = document.getElementById("tpl-device");
   const tplAgent = document.getElementById("tpl-agent");
+  const VENUE_ORDER = (venuesEl.dataset.venueOrder || "").split(",").filter(Boolean);
+  const rulesEl = document.getElementById("reason-rules");
+  const REASON_RULES = (rulesEl ? JSON.parse(rulesEl.textContent) : []).map(function (rule) {
+    return [new RegExp(rule[0]), rule[1]];
+  });
 
   function field(root, name) {
     return root.querySelector('[data-field="' + name + '"]');
@@ -18,6 +23,58 @@
 
   function clone(template) {
     return template.content.firstElementChild.cloneNode(true);
+  }
+
+  /* where ``el`` goes among ``parent``'s children so that they stay sorted by ``keyOf`` (the
+   * server's order), moved only when out of place */
+  function compareKeys(a, b) {
+    for (let i = 0; i < a.length; i++) {
+      if (a[i] !== b[i]) {
+        return a[i] < b[i] ? -1 : 1;
+      }
+    }
+    return 0;
+  }
+
+  function placeSorted(parent, el, keyOf) {
+    const key = keyOf(el);
+    let before = null;
+    for (const other of parent.children) {
+      if (other !== el && compareKeys(keyOf(other), key) > 0) {
+        before = other;
+        break;
+      }
+    }
+    if (el.parentElement === parent && el.nextElementSibling === before) {
+      const prev = el.previousElementSibling;
+      if (!prev || compareKeys(keyOf(prev), key) <= 0) {
+        return;
+      }
+    }
+    parent.insertBefore(el, before);
+  }
+
+  /* a state reason in the page's language (the raw text when any part is not known) */
+  function reasonText(reason) {
+    if (!reason) {
+      return "";
+    }
+    const parts = [];
+    for (const part of reason.split(", ")) {
+      let text = null;
+      for (const rule of REASON_RULES) {
+        const match = rule[0].exec(part);
+        if (match) {
+          text = match.length > 1 ? C.t(rule[1], { n: match[1] }) : C.t(rule[1]);
+          break;
+        }
+      }
+      if (text === null) {
+        return reason;
+      }
+      parts.push(text);
+    }
+    return parts.join(C.t("reason.separator"));
   }
 
   function cardOf(agent, device) {
@@ -35,13 +92,24 @@
     if (!section) {
       section = clone(tplVenue);
       section.dataset.venue = key;
-      venuesEl.appendChild(section);
     }
     const kind = (venue && venue.kind) || "";
+    const name = (venue && (venue.name || venue.id)) || agentId;
+    const kindLabel = kind ? C.t("venue." + kind) : "";
     section.dataset.kind = kind;
-    field(section, "venue-name").textContent = (venue && (venue.name || venue.id)) || agentId;
-    field(section, "venue-kind").textContent = kind ? C.t("venue." + kind) : "";
+    field(section, "venue-name").textContent = name;
+    const kindEl = field(section, "venue-kind");
+    kindEl.hidden = !kindLabel || kindLabel === name;
+    kindEl.textContent = kindEl.hidden ? "" : kindLabel;
+    placeSorted(venuesEl, section, venueSortKey);
     return section;
+  }
+
+  /* the server's order: by kind (a hall first), then name, then key */
+  function venueSortKey(section) {
+    const rank = VENUE_ORDER.indexOf(section.dataset.kind || "");
+    const padded = String(rank < 0 ? VENUE_ORDER.length : rank).padStart(4, "0");
+    return [padded, field(section, "venue-name").textContent, section.dataset.venue || ""];
   }
 
   function pruneVenues() {
@@ -60,10 +128,10 @@
     if (!chip) {
       chip = clone(tplAgent);
     }
-    if (chip.parentElement !== list) {
-      list.appendChild(chip);
-    }
     chip.dataset.agent = agent.id;
+    placeSorted(list, chip, function (el) {
+      return [el.dataset.agent || ""];
+    });
     chip.dataset.online = agent.online ? "true" : "false";
     chip.querySelector("use").setAttribute("href", agent.online ? "#i-online" : "#i-offline");
     field(chip, "agent-id").textContent = agent.id;
@@ -81,8 +149,23 @@
     field(card, "state-icon").setAttribute("href", "#i-" + state);
     field(card, "state-label").textContent = C.t("state." + state);
     const reasonEl = field(card, "reason");
-    reasonEl.textContent = reason || "";
+    reasonEl.textContent = reasonText(reason);
+    reasonEl.title = reason || "";
     reasonEl.hidden = !reason;
+    syncCommands(card);
+  }
+
+  /* the hub refuses commands to an offline device, so its buttons are off while it is */
+  function syncCommands(card) {
+    const offline = card.dataset.state === "offline";
+    for (const button of card.querySelectorAll("button.cmd")) {
+      button.disabled = offline || card.dataset.busy === "true";
+      if (offline) {
+        button.title = C.t("cmd.offline");
+      } else {
+        button.removeAttribute("title");
+      }
+    }
   }
 
   function setTime(el, ms, text) {
@@ -138,6 +221,7 @@
     });
     box.replaceChildren.apply(box, buttons);
     field(card, "args-box").hidden = buttons.length === 0;
+    syncCommands(card);
   }
 
   function upsertDevice(device) {
@@ -147,16 +231,20 @@
     if (!card) {
       card = clone(tplDevice);
     }
-    if (card.parentElement !== grid) {
-      grid.appendChild(card);
-    }
     card.dataset.device = device.agent + "/" + device.id;
     card.dataset.agent = device.agent;
+    placeSorted(grid, card, function (el) {
+      const key = el.dataset.device || "";
+      const slash = key.indexOf("/");
+      return [key.slice(0, slash), key.slice(slash + 1)];
+    });
     setState(card, device.state, device.state_reason);
     field(card, "id").textContent = device.id;
     field(card, "kind").textContent = device.kind || "";
     field(card, "model").textContent = device.model || "—";
+    field(card, "model").title = device.model || "";
     field(card, "firmware").textContent = device.firmware || "—";
+    field(card, "firmware").title = device.firmware || "";
     field(card, "bad-messages").textContent = String(device.bad_messages || 0);
     setSeen(card, device.last_seen_ms);
     setTime(field(card, "since"), device.state_since_ms, C.formatTime(device.state_since_ms).slice(5, 16));
@@ -291,10 +379,8 @@
         return;
       }
     }
-    const buttons = card.querySelectorAll("button.cmd");
-    for (const b of buttons) {
-      b.disabled = true;
-    }
+    card.dataset.busy = "true";
+    syncCommands(card);
     showResult(card, "running", C.t("cmd.running", { name: name }));
     const url = "/api/v1/devices/" + encodeURIComponent(agent) + "/" + encodeURIComponent(device) + "/commands";
     const response = await C.api("POST", url, { name: command, args: args });
@@ -308,9 +394,8 @@
       const error = data.error || response.error || String(response.status);
       showResult(card, "error", C.t("cmd.failed", { name: name, error: summarize(error) }));
     }
-    for (const b of buttons) {
-      b.disabled = false;
-    }
+    delete card.dataset.busy;
+    syncCommands(card);
   }
 
   venuesEl.addEventListener("click", function (event) {

@@ -8,6 +8,11 @@
   const form = document.getElementById("user-form");
   const formError = document.getElementById("user-form-error");
   const formOk = document.getElementById("user-form-ok");
+  /* each language's name, as the form's language choice shows it ("zh-CN" → "中文") */
+  const LANGUAGE_NAMES = {};
+  for (const option of form.elements.language.options) {
+    LANGUAGE_NAMES[option.value] = option.textContent;
+  }
 
   function cell(text, className) {
     const td = document.createElement("td");
@@ -46,7 +51,9 @@
       roles.appendChild(tag(C.t("role." + role)));
     }
     tr.appendChild(roles);
-    tr.appendChild(cell(user.language || ""));
+    const language = cell(LANGUAGE_NAMES[user.language] || user.language || "");
+    language.title = user.language || "";
+    tr.appendChild(language);
     const status = cell("");
     if (user.disabled || user.enabled === false || user.active === false) {
       status.appendChild(tag(C.t("js.users.disabled"), "bad"));

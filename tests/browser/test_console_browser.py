@@ -257,7 +257,12 @@ async def test_a_command_from_a_device_card_shows_its_outcome_on_the_card(
     waited = f"{SENSOR_TIMEOUT_S:g} s"  # "no answer within 2 s"
     await expect(result).to_contain_text(waited)
     await expect_state(page, "court-1/env-1", "offline")
-    await expect(env.get_by_test_id("device-reason")).to_contain_text(waited)
+    # the reason in the page's language; the hub refuses commands now, so the buttons are off
+    reason = env.get_by_test_id("device-reason")
+    await expect(reason).to_have_text(ZH["reason.no_answer"].format(n=f"{SENSOR_TIMEOUT_S:g}"))
+    await expect(reason).to_have_attribute("title", f"no answer within {waited}")
+    await expect(poll).to_be_disabled()
+    await expect(poll).to_have_attribute("title", ZH["cmd.offline"])
     await expect_state(page, "court-1/door-1", "online")
 
 
@@ -328,6 +333,9 @@ async def test_the_admin_sees_the_users_and_a_verified_audit_trail_of_sign_ins(
         row = rows.and_(page.locator(f'[data-user="{login.username}"]'))
         await expect(row).to_contain_text(login.display_name)
         await expect(row).to_contain_text(ZH[f"role.{login.roles[0]}"])
+    # languages by name, not code
+    tech_row = rows.and_(page.locator(f'[data-user="{TECH.username}"]'))
+    await expect(tech_row.locator('td[title="zh-CN"]')).to_have_text("中文")
     # the first admin, created at start, still has to change its one-time password
     first = rows.and_(page.locator('[data-user="admin"]'))
     await expect(first).to_contain_text(ZH["js.users.must_change"])
@@ -336,10 +344,12 @@ async def test_the_admin_sees_the_users_and_a_verified_audit_trail_of_sign_ins(
     await page.get_by_test_id("nav-admin-audit").click()
     await page.wait_for_url(console.url("/admin/audit"))
     await expect(page.locator("h1")).to_have_text(ZH["audit.title"])
-    logins = page.locator('[data-testid="audit-row"]').filter(
-        has=page.locator("td", has_text=re.compile(r"^login$"))
-    )
+    # actions show as words; the code stays in the cell's title
+    action = page.locator('td[data-action="login"]')
+    logins = page.locator('[data-testid="audit-row"]').filter(has=action)
     await expect(logins.filter(has_text=ADMIN.username).first).to_be_visible()
+    await expect(action.first).to_have_text(ZH["action.login"])
+    await expect(action.first).to_have_attribute("title", "login")
     await page.get_by_test_id("audit-verify").click()
     verdict = page.get_by_test_id("audit-verify-result")
     await expect(verdict).to_have_attribute("data-outcome", "ok", timeout=LIVE_TIMEOUT_MS)

@@ -73,6 +73,7 @@ async def test_first_admin_gets_a_one_time_password_once(accounts: AccountStore)
     admin = await accounts.get("admin")
     assert admin is not None
     assert admin.roles == {"admin"} and admin.must_change_password
+    assert admin.display_name == "系统管理员"
     assert await accounts.ensure_first_admin() is None  # users exist: nothing created
     result = await accounts.login("admin", password, source="10.0.0.1")
     assert result.ok and result.user is not None and result.user.must_change_password

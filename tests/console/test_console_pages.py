@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from test_console_app_harness import (
 
 from dashboards.app import ConsoleOptions
 from dashboards.auth import Role
+from dashboards.i18n import Catalogs
+from dashboards.pages_technician import reason_text
 from hub.registry import HealthState
 from hub.service import HubService
 from protocol.messages import DeviceInfo, VenueKind
@@ -229,7 +232,10 @@ async def test_technician_page_groups_devices_by_venue(service: HubService) -> N
     # colour (class) and icon and word for every state
     assert '<article class="device state-offline"' in page
     assert 'href="#i-offline"' in page and 'href="#i-fault"' in page
-    assert "故障" in page and "paper out" in page
+    assert "故障" in page
+    # the hub's English reasons in the page's language, the raw text kept as the tooltip
+    assert 'title="paper out">打印机缺纸</p>' in page
+    assert 'title="agent offline">边缘代理离线</p>' in page
 
     def commands(key: str) -> list[str]:
         card = page.split(f'data-device="{key}"')[1].split("</article>")[0]
@@ -247,6 +253,66 @@ async def test_technician_page_groups_devices_by_venue(service: HubService) -> N
         re.findall(r'data-testid="summary-(\w+)">.*?<b class="summary-count">(\d+)<', page, re.S)
     )
     assert counts == {"offline": "1", "fault": "1", "stale": "0", "online": "2"}
+
+
+async def test_offline_devices_have_their_command_buttons_disabled(service: HubService) -> None:
+    registry = service.registry
+    cam = registry.device("court-1", "cam-2")
+    assert cam is not None
+    registry.set_health(cam, HealthState.OFFLINE, "no answer within 2 s", cam.state_since_ms + 1)
+    async with console(service) as client:
+        zh = await (await client.get("/technician", headers=auth(Role.TECHNICIAN))).text()
+        en = await (await client.get("/technician", headers=auth(Role.TECHNICIAN, "en"))).text()
+    for page, why, reason in (
+        (zh, "设备离线，暂时不能下发指令", "2 秒内无应答"),
+        (en, "The device is offline; commands are unavailable", "No answer within 2 s"),
+    ):
+        offline = page.split('data-device="court-1/cam-2"')[1].split("</article>")[0]
+        assert f'data-command="identify" data-testid="command-button" disabled title="{why}"' in (
+            offline
+        )
+        assert f'title="no answer within 2 s">{reason}</p>' in offline
+        online = page.split('data-device="hall-1/kiosk-1"')[1].split("</article>")[0]
+        assert 'data-command="reboot" data-testid="command-button">' in online
+        assert "disabled" not in online
+    # the script gets the same reason table and its texts, for live updates
+    rules = re.search(r'<script type="application/json" id="reason-rules">(.*?)</script>', zh)
+    assert rules is not None and "reason.no_answer" in rules.group(1)
+    texts = re.search(r'<script type="application/json" id="ui-texts">(.*?)</script>', zh, re.S)
+    assert texts is not None
+    assert json.loads(texts.group(1))["reason.no_answer"] == "{n} 秒内无应答"
+
+
+@pytest.mark.parametrize(
+    ("language", "reason", "shown"),
+    [
+        ("zh-CN", "", ""),
+        ("zh-CN", "agent offline", "边缘代理离线"),
+        ("zh-CN", "starting", "正在启动"),
+        ("zh-CN", "kiosk broker unreachable", "无法连接自助终端消息服务"),
+        ("zh-CN", "bad response", "设备应答无效"),
+        ("zh-CN", "no answer within 0.1 s", "0.1 秒内无应答"),
+        ("zh-CN", "no message in 30 s", "30 秒内未收到报文"),
+        ("zh-CN", "printer jam, card reader fault", "打印机卡纸；读卡器故障"),
+        ("zh-CN", "paper out, toner low", "paper out, toner low"),  # a part unknown: raw
+        ("zh-CN", "lamp broken", "lamp broken"),
+        ("en", "paper out", "Paper out"),
+        ("en", "no answer within 2 s", "No answer within 2 s"),
+    ],
+)
+def test_state_reasons_are_translated(language: str, reason: str, shown: str) -> None:
+    t = Catalogs.load().translator(language)
+    assert reason_text(t, reason) == shown
+
+
+async def test_venue_kind_is_hidden_when_it_is_the_name(tmp_path: Path) -> None:
+    service = make_service(tmp_path)
+    birth(service, "hall-2", venue_id="h", kind=VenueKind.LITIGATION_HALL, name="诉讼服务大厅")
+    async with console(service) as client:
+        page = await (await client.get("/technician", headers=auth(Role.ADMIN))).text()
+    page = page.split('<template id="tpl-venue">')[0]
+    assert 'data-testid="venue-kind" hidden></span>' in page
+    assert page.count("诉讼服务大厅") == 1
 
 
 async def test_pages_carry_the_sessions_csrf_token(service: HubService) -> None:
@@ -297,6 +363,14 @@ async def test_admin_pages_render_their_forms(service: HubService) -> None:
         assert f'name="{name}"' in audit
     assert 'data-testid="audit-verify"' in audit and "Verify chain" in audit
     assert 'data-page-size="100"' in audit
+    # the scripts show action codes and language codes as words
+    assert '"action.login": "Sign-in"' in audit
+    assert '"action.device_command": "Device command"' in audit
+    assert (
+        '<option value="zh-CN" selected>中文</option><option value="en">English</option>' in users
+    )
+    texts = re.search(r'<script type="application/json" id="ui-texts">(.*?)</script>', users, re.S)
+    assert texts is not None and json.loads(texts.group(1))["action.login"] == "登录"
     assert 'name="old_password"' in password and 'name="new_password"' in password
 
 
