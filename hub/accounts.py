@@ -37,7 +37,6 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,8 @@ from typing import Any, Final, Literal, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from hub.db_thread import DbThread
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class AccountStore:
         self._limits = limits
         self._clock = clock
         self._hasher = hasher
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = DbThread("accounts-db")
         self._db: sqlite3.Connection | None = None
         self._hash_slots = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
         # hashed once at open: verified against when the username is unknown, so that an
@@ -316,7 +317,7 @@ class AccountStore:
             failure_window_ms=int(failure_window_s * 1000),
         )
         store = cls(data_dir / DB_FILE, limits, clock, hasher or PasswordHasher())
-        store._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accounts-db")
+        store._thread.start()
         try:
             await store._run(store._open_blocking)
             store._dummy_hash = await store._hash(secrets.token_urlsafe(16))
@@ -328,14 +329,12 @@ class AccountStore:
 
     async def close(self) -> None:
         """Close the database and stop its thread (idempotent)."""
-        executor = self._executor
-        if executor is None:
+        if not self._thread.running:
             return
         try:
             await self._run(self._close_blocking)
         finally:
-            self._executor = None
-            executor.shutdown(wait=True)
+            self._thread.stop()
 
     # users --------------------------------------------------------------------------------------
 
@@ -574,9 +573,7 @@ class AccountStore:
         return int(self._clock() * 1000)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise RuntimeError("account store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.run(fn, *args)
 
     async def _hash(self, password: str) -> str:
         async with self._hash_slots:

@@ -43,13 +43,14 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
+
+from hub.db_thread import DbThread
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class AuditLog:
         self.path = data_dir / DB_FILE
         self.head_path = data_dir / HEAD_FILE
         self._clock = clock
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = DbThread("audit-db")
         self._db: sqlite3.Connection | None = None
         self._head_fd: int | None = None
 
@@ -209,7 +210,7 @@ class AuditLog:
     async def open(cls, data_dir: Path, *, clock: Callable[[], float] = time.time) -> AuditLog:
         """Open (and create) the audit trail of ``data_dir``."""
         audit = cls(data_dir, clock)
-        audit._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-db")
+        audit._thread.start()
         try:
             await audit._run(audit._open_blocking)
         except BaseException:
@@ -220,14 +221,12 @@ class AuditLog:
 
     async def close(self) -> None:
         """Close the database and stop its thread (idempotent)."""
-        executor = self._executor
-        if executor is None:
+        if not self._thread.running:
             return
         try:
             await self._run(self._close_blocking)
         finally:
-            self._executor = None
-            executor.shutdown(wait=True)
+            self._thread.stop()
 
     async def record(
         self,
@@ -279,16 +278,14 @@ class AuditLog:
 
     async def verify(self) -> VerifyReport:
         """Check the whole chain (through a separate connection, off the writer thread)."""
-        if self._executor is None:
+        if not self._thread.running:
             raise RuntimeError("audit log is not open")
         return await asyncio.to_thread(verify_file, self.path)
 
     # blocking side (audit thread only) ----------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise RuntimeError("audit log is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.run(fn, *args)
 
     def _open_blocking(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

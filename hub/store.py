@@ -19,11 +19,11 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from hub.db_thread import DbThread
 from hub.registry import (
     AgentRecord,
     DeviceRecord,
@@ -124,18 +124,17 @@ class HubStore:
     def __init__(self, data_dir: Path, *, state_log_retention_days: float = 90) -> None:
         self.path = data_dir / DB_FILE
         self.state_log_retention_days = state_log_retention_days
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = DbThread("hub-store")
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
 
     async def open(self) -> None:
         """Create the thread, open (and create) the database."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-store")
+        self._thread.start()
         try:
             await self._run(self._open_blocking)
         except BaseException:
-            executor, self._executor = self._executor, None
-            executor.shutdown(wait=False)
+            self._thread.stop(wait=False)
             raise
         log.info("hub store open path=%s", self.path)
 
@@ -156,17 +155,14 @@ class HubStore:
 
     async def close(self) -> None:
         """Close the database and stop the thread."""
-        if self._executor is None:
+        if not self._thread.running:
             return
         await self._run(self._close_blocking)
-        executor, self._executor = self._executor, None
-        executor.shutdown(wait=True)
+        self._thread.stop()
 
     # blocking side (store thread only) -----------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise RuntimeError("hub store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.run(fn, *args)
 
     def _open_blocking(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
