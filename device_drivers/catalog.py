@@ -15,6 +15,7 @@ from device_drivers.base import DeviceDriver, DriverConfigError
 DRIVERS: Mapping[str, str] = {
     "kiosk_mqtt": "device_drivers.kiosk_mqtt:KioskMqttDriver",
     "http_sensor": "device_drivers.http_sensor:HttpSensorDriver",
+    "led_call_display": "device_drivers.led_call_display:LedCallDisplayDriver",
 }
 
 
