@@ -42,7 +42,9 @@ from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
+from hub.hall_kiosks import HallKiosks
 from hub.provisioning import client_url, credentials_for, owned_broker_tls
+from hub.queue_service import QueueService
 from hub.service import HubService
 from protocol.mqtt_link import BrokerUrl
 
@@ -77,6 +79,8 @@ class HubRuntime:
     audit: AuditLog | None = None
     #: The first admin's one-time password when this start created it (print it once, never log).
     first_admin_password: str | None = field(default=None, repr=False)
+    #: The hall queue (tickets, counters) and the bridge answering kiosks' ticket requests.
+    queue: QueueService | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -90,20 +94,22 @@ OnReady = Callable[[HubRuntime], Any]
 async def run_hub(
     config: HubConfig, stop: asyncio.Event, *, on_ready: OnReady | None = None
 ) -> None:
-    """Run the hub until ``stop`` is set; ``on_ready(runtime)`` (sync or async) once it serves."""
+    """Run the hub until ``stop`` is set; ``on_ready(runtime)`` (sync or async) once it serves.
+
+    Every part registers its own shutdown as it starts, so whatever started is stopped in
+    reverse order, each step even if an earlier one failed.
+    """
     data_dir = config.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    broker: OwnedBroker | None = None
-    credentials: Credentials | None = None
-    service: HubService | None = None
-    runner: web.AppRunner | None = None
-    accounts: AccountStore | None = None
-    audit: AuditLog | None = None
-    username: str | None
-    password: str | None
-    try:
+    async with contextlib.AsyncExitStack() as parts:
+        parts.callback(log.info, "hub stopped")
+        broker: OwnedBroker | None = None
+        credentials: Credentials | None = None
+        username: str | None
+        password: str | None
         if config.broker.mode == "own":
             credentials, broker = await _start_own_broker(config)
+            parts.push_async_callback(_logged, "broker shutdown", asyncio.to_thread, broker.stop)
             broker_url = broker.url
             username, password = credentials.hub_username, credentials.hub_password
         else:
@@ -111,43 +117,54 @@ async def run_hub(
             username = config.broker.username
             password = await asyncio.to_thread(_external_password, config)
         service = HubService(config, broker_url, username, password)
+        parts.push_async_callback(_logged, "hub service shutdown", service.stop)
         await service.start()
         if not await service.wait_connected(CONNECT_WAIT_S):
             log.warning("hub not connected to the broker yet broker=%s; retrying", broker_url)
         token = await asyncio.to_thread(load_or_create_api_token, data_dir)
         accounts = await AccountStore.open(data_dir)
+        parts.push_async_callback(_logged, "account store close", accounts.close)
         audit = await AuditLog.open(data_dir)
+        parts.push_async_callback(_logged, "audit log close", audit.close)
         first_admin_password = await accounts.ensure_first_admin()
+        queue = await QueueService.open(data_dir, config.queue)
+        parts.push_async_callback(_logged, "queue close", queue.close)
+        kiosks = HallKiosks(service, queue)
+        kiosks.start()
+        parts.push_async_callback(_logged, "kiosk bridge stop", kiosks.stop)
         runner, api_url = await _start_api(config, service, token, accounts, audit)
+        parts.push_async_callback(_logged, "API shutdown", runner.cleanup)
         await asyncio.to_thread(_write_runtime_file, data_dir, broker_url, api_url)
+        parts.push_async_callback(asyncio.to_thread, _remove_runtime_file, data_dir)
         log.info("hub ready broker=%s api=%s data_dir=%s", broker_url, api_url, data_dir)
         if on_ready is not None:
-            result = on_ready(
-                HubRuntime(
-                    config,
-                    service,
-                    broker_url,
-                    api_url,
-                    token,
-                    broker,
-                    credentials,
-                    accounts,
-                    audit,
-                    first_admin_password,
-                )
+            runtime = HubRuntime(
+                config,
+                service,
+                broker_url,
+                api_url,
+                token,
+                broker,
+                credentials,
+                accounts,
+                audit,
+                first_admin_password,
+                queue,
             )
+            result = on_ready(runtime)
             if inspect.isawaitable(result):
                 await result
         await stop.wait()
-    finally:
-        await asyncio.to_thread(_remove_runtime_file, data_dir)
-        await _shutdown(runner, service, broker)
-        for store in (accounts, audit):
-            if store is not None:
-                try:
-                    await store.close()
-                except Exception:
-                    log.exception("closing %s failed", type(store).__name__)
+
+
+async def _logged(what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """Run one shutdown step; a failure is logged and does not stop the other steps."""
+    try:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("%s failed", what)
 
 
 def read_runtime_file(data_dir: Path) -> dict[str, Any] | None:
@@ -249,25 +266,3 @@ async def _start_api(
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in str(host) else host
     return runner, f"http://{shown}:{port}"
-
-
-async def _shutdown(
-    runner: web.AppRunner | None, service: HubService | None, broker: OwnedBroker | None
-) -> None:
-    """Stop in reverse start order; each step runs even if an earlier one failed."""
-    if runner is not None:
-        try:
-            await runner.cleanup()
-        except Exception:
-            log.exception("API shutdown failed")
-    if service is not None:
-        try:
-            await service.stop()
-        except Exception:
-            log.exception("hub service shutdown failed")
-    if broker is not None:
-        try:
-            await asyncio.to_thread(broker.stop)
-        except Exception:
-            log.exception("broker shutdown failed")
-    log.info("hub stopped")

@@ -43,6 +43,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from hub.queue_service import QueueConfig
 from protocol.mqtt_link import BrokerUrl
 from protocol.topics import RESERVED_AGENT_IDS, valid_id
 
@@ -135,6 +136,8 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
+    #: the litigation hall's queue: services, counters, recall and priority rules
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
 
     @property
     def data_dir(self) -> Path:
