@@ -79,6 +79,8 @@ class CounterSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
     services: tuple[str, ...]
     open: bool = True
+    #: the LED call display above this window, as ``agent/device`` ("" = none)
+    display: str = ""
 
 
 def _default_services() -> tuple[ServiceSpec, ...]:
@@ -112,6 +114,8 @@ class QueueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     average_window_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
     #: how many called tickets the "now calling" list of the snapshot shows
     now_calling: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    #: LED panels of the hall board that show every call, as ``agent/device``
+    board_displays: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
