@@ -42,6 +42,7 @@ from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
+from hub.hall_displays import HallDisplays
 from hub.hall_kiosks import HallKiosks
 from hub.provisioning import client_url, credentials_for, owned_broker_tls
 from hub.queue_service import QueueService
@@ -132,6 +133,9 @@ async def run_hub(
         kiosks = HallKiosks(service, queue)
         kiosks.start()
         parts.push_async_callback(_logged, "kiosk bridge stop", kiosks.stop)
+        displays = HallDisplays(service, queue, config.queue)
+        displays.start()
+        parts.push_async_callback(_logged, "hall displays stop", displays.stop)
         runner, api_url = await _start_api(config, service, token, accounts, audit)
         parts.push_async_callback(_logged, "API shutdown", runner.cleanup)
         await asyncio.to_thread(_write_runtime_file, data_dir, broker_url, api_url)
