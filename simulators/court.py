@@ -25,6 +25,7 @@ from protocol.mqtt_link import BrokerUrl, MqttLink
 from protocol.topics import TopicKind, build
 from simulators.http_sensor import SensorServer
 from simulators.kiosk import KioskProfile, SimulatedKiosk
+from simulators.led_display import SimulatedLedBus, SimulatedPanel
 from simulators.scenario import CourtScenario, FaultAction, FaultSpec, VenueSpec
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def agent_config_dict(
     password: str,
     data_dir: Path,
     sensors: SensorServer,
+    led_port: str | None = None,
 ) -> dict[str, Any]:
     """The venue config (same shape as a venue TOML file) of one simulated venue's agent."""
     devices: list[dict[str, Any]] = [
@@ -83,6 +85,15 @@ def agent_config_dict(
         }
         for device_id, kind in venue.sensor_ids()
     ]
+    if led_port is not None:
+        devices += [
+            {
+                "id": device_id,
+                "driver": "led_call_display",
+                "options": {"port": led_port, "address": address, "poll_interval_s": 5.0},
+            }
+            for device_id, address in venue.led_panels()
+        ]
     return {
         "agent": {"id": venue.agent, "data_dir": str(data_dir), "heartbeat_s": 5.0},
         "venue": {"id": venue.venue_id, "kind": venue.kind.value, "name": venue.name},
@@ -193,6 +204,8 @@ class SimulatedCourt:
         self.restart_broker = restart_broker
         self.sensors = SensorServer(seed=scenario.court.seed)
         self.kiosks: dict[tuple[str, str], SimulatedKiosk] = {}
+        #: each venue's RS-485 bus of LED call displays (a pty), by agent id
+        self.led_buses: dict[str, SimulatedLedBus] = {}
         self.agents: dict[str, AgentProcess] = {}
         self.faults_done: Counter[str] = Counter()
         self._fault_tasks: list[asyncio.Task[None]] = []
@@ -204,6 +217,11 @@ class SimulatedCourt:
             for device_id, kind in venue.sensor_ids():
                 self.sensors.add(sensor_server_id(venue.agent, device_id), kind.value)
         await self.sensors.start()
+        for venue in self.scenario.venues:
+            if venue.led_panels():
+                bus = SimulatedLedBus([SimulatedPanel(address=a) for _, a in venue.led_panels()])
+                await bus.start()
+                self.led_buses[venue.agent] = bus
         for index, venue in enumerate(self.scenario.venues):
             self._start_agent(venue)
             await self._start_kiosks(venue, seed=self.scenario.court.seed + index)
@@ -219,6 +237,7 @@ class SimulatedCourt:
             password=self.password_for(venue.agent),
             data_dir=agent_dir / "state",
             sensors=self.sensors,
+            led_port=self.led_buses[venue.agent].path if venue.agent in self.led_buses else None,
         )
         config_path = agent_dir / "venue.toml"
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -255,16 +274,22 @@ class SimulatedCourt:
         await asyncio.gather(*(k.stop() for k in self.kiosks.values()), return_exceptions=True)
         await asyncio.gather(*(a.stop() for a in self.agents.values()), return_exceptions=True)
         await self.sensors.stop()
+        await asyncio.gather(*(b.stop() for b in self.led_buses.values()), return_exceptions=True)
 
     def summary(self) -> dict[str, Any]:
         """What the simulated devices did (for the demo's report)."""
         kiosk_stats: Counter[str] = Counter()
         for kiosk in self.kiosks.values():
             kiosk_stats.update(kiosk.stats)
+        panels = [p for bus in self.led_buses.values() for p in bus.panels.values()]
         return {
             "agent_restarts": sum(max(a.starts - 1, 0) for a in self.agents.values()),
             "faults_injected": dict(self.faults_done),
             "kiosk": dict(kiosk_stats),
+            "led": {
+                "chimes": sum(p.chimes for p in panels),
+                "showing": {str(p.address): p.text[0] for p in panels if p.text and p.text[0]},
+            },
         }
 
     # faults ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 from hub.app import HubRuntime, run_hub
 from hub.config import hub_config_from_dict
+from simulators.clerks import SimulatedClerks
 from simulators.court import SimulatedCourt
 from simulators.scenario import (
     CourtScenario,
@@ -166,6 +167,7 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event) -> dict[str, Any]:
         {
             "hub": {"data_dir": str(data_dir / "hub")},
             "broker": {"mode": "own", "accounts": scenario.broker_accounts()},
+            "queue": scenario.queue_config(),
             "api": {"port": _port_or_free(options.api_port)},
         }
     )
@@ -185,13 +187,21 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event) -> dict[str, Any]:
         data_dir / "court",
         restart_broker=_broker_restarter(runtime),
     )
+    counters = [str(c["id"]) for c in scenario.queue_config().get("counters", [])]
+    clerks = SimulatedClerks(runtime.queue, counters) if runtime.queue and counters else None
     try:
         await court.start()
+        if clerks is not None:
+            clerks.start()
         logins = await create_demo_logins(runtime)
         _print_where_to_look(runtime, data_dir, logins)
         await _wait(stop, options.duration_s)
         summary = _summary(runtime, court)
+        if clerks is not None:
+            summary["clerks"] = dict(clerks.stats)
     finally:
+        if clerks is not None:
+            await clerks.stop()
         await court.stop()
         hub_stop.set()
         await hub_task

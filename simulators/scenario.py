@@ -67,6 +67,8 @@ class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     kind: VenueKind
     name: str = ""
     kiosks: int = 0
+    #: counters (windows 1..N) with an LED call display each, plus the hall board's panel
+    counters: int = 0
     sensors: list[SensorKind] = []
     #: litigants arriving per minute at each kiosk (all services together)
     arrivals_per_min: float = 4.0
@@ -78,6 +80,13 @@ class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     def venue_id(self) -> str:
         """The venue id: one agent runs one venue, so it is the agent id."""
         return self.agent
+
+    def led_panels(self) -> list[tuple[str, int]]:
+        """LED panels on the venue's RS-485 bus as (device id, bus address): a panel per window
+        (``led-1`` at address 1…) and the hall board (``board`` at 99); none without counters."""
+        if not self.counters:
+            return []
+        return [(f"led-{i}", i) for i in range(1, self.counters + 1)] + [("board", BOARD_ADDRESS)]
 
     def kiosk_ids(self) -> list[str]:
         """Kiosk ids of this venue (``hall-1-k1``…)."""
@@ -91,6 +100,10 @@ class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             counts[kind] = counts.get(kind, 0) + 1
             out.append((f"{kind.value}-{counts[kind]}", kind))
         return out
+
+
+#: bus address of the hall board's LED panel in a simulated hall
+BOARD_ADDRESS = 99
 
 
 class FaultSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -117,6 +130,21 @@ class CourtScenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             if v.agent == agent:
                 return v
         raise KeyError(agent)
+
+    def queue_config(self) -> dict[str, Any]:
+        """The hub's ``[queue]`` for this court: the counters of its hall, each with the LED
+        panel above it, and the hall board's panel (the first venue with counters)."""
+        hall = next((v for v in self.venues if v.counters), None)
+        if hall is None:
+            return {}
+        services = ["filing", "consult", "payment", "materials"]
+        return {
+            "counters": [
+                {"id": str(i), "services": services, "display": f"{hall.agent}/led-{i}"}
+                for i in range(1, hall.counters + 1)
+            ],
+            "board_displays": [f"{hall.agent}/board"],
+        }
 
     def broker_accounts(self) -> list[dict[str, Any]]:
         """MQTT accounts the hub must provision: one per agent and one per kiosk.
@@ -189,6 +217,7 @@ def default_scenario() -> CourtScenario:
                     "kind": "litigation_hall",
                     "name": "诉讼服务大厅",
                     "kiosks": 3,
+                    "counters": 3,
                     "sensors": ["env", "ups"],
                     "arrivals_per_min": 12,
                     "status_interval_s": 2,

@@ -192,7 +192,15 @@ def test_demo_runs_and_ends_with_a_json_summary(tmp_path: Path) -> None:
     # devices either online or reporting their own fault (a jammed kiosk printer); none lost
     assert summary["devices_offline"] == 0 and summary["devices_stale"] == 0, summary
     assert summary["devices_online"] + summary["devices_fault"] == summary["devices_total"]
-    assert summary["devices_total"] == 16
+    assert summary["devices_total"] == 20  # 3 kiosks, 9 sensors, 4 agents, 3 window LEDs + board
+    # the hall works: kiosks got tickets, clerks called them, the LED panels showed the calls
+    assert summary["court"]["kiosk"]["tickets"] > 0
+    assert summary["clerks"]["called"] > 0
+    assert summary["court"]["led"]["chimes"] > 0
+    assert all(
+        text.startswith("请") and text.endswith("号窗口")
+        for text in summary["court"]["led"]["showing"].values()
+    )
     # the demo's faults: garbage counted by reason, broker restart replayed from outboxes
     assert summary["bad_messages"] >= 6
     assert set(summary["bad_by_reason"]) >= {"malformed_json", "schema", "oversized", "bad_magic"}
