@@ -16,6 +16,7 @@ DRIVERS: Mapping[str, str] = {
     "kiosk_mqtt": "device_drivers.kiosk_mqtt:KioskMqttDriver",
     "http_sensor": "device_drivers.http_sensor:HttpSensorDriver",
     "led_call_display": "device_drivers.led_call_display:LedCallDisplayDriver",
+    "escpos_printer": "device_drivers.escpos_printer:EscposPrinterDriver",
 }
 
 
