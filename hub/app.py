@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dashboards import admin_api, sessions
+from dashboards import admin_api, pages_board, pages_counter, queue_api, sessions
 from dashboards.app import ConsoleOptions, create_console_app
 from dashboards.auth import (
     Authenticator,
@@ -29,7 +29,9 @@ from dashboards.auth import (
     Role,
     load_or_create_api_token,
 )
-from dashboards.pages import PASSWORD_CHANGE_PAGES
+from dashboards.pages import DEFAULT_NAV, PASSWORD_CHANGE_PAGES
+from dashboards.pages_board import install_board
+from dashboards.queue_api import QUEUE_KEY
 from dashboards.sessions import (
     ACCOUNTS_KEY,
     AUDIT_KEY,
@@ -136,7 +138,7 @@ async def run_hub(
         displays = HallDisplays(service, queue, config.queue)
         displays.start()
         parts.push_async_callback(_logged, "hall displays stop", displays.stop)
-        runner, api_url = await _start_api(config, service, token, accounts, audit)
+        runner, api_url = await _start_api(config, service, token, accounts, audit, queue=queue)
         parts.push_async_callback(_logged, "API shutdown", runner.cleanup)
         await asyncio.to_thread(_write_runtime_file, data_dir, broker_url, api_url)
         parts.push_async_callback(asyncio.to_thread, _remove_runtime_file, data_dir)
@@ -229,6 +231,8 @@ def console_app(
     token: str,
     accounts: AccountStore,
     audit: AuditLog,
+    *,
+    queue: QueueService | None = None,
 ) -> web.Application:
     """The web console: pages, JSON API, live updates, sign-in, admin — deny by default."""
     admin = Principal("api-token", frozenset({Role.ADMIN}))
@@ -242,21 +246,40 @@ def console_app(
     def setup(app: web.Application) -> None:
         app[ACCOUNTS_KEY] = accounts
         app[AUDIT_KEY] = audit
+        if queue is not None:
+            app[QUEUE_KEY] = queue
+        install_board(app)  # the hall board's anonymous live channel follows the queue
 
     return create_console_app(
         service,
         authenticators,
-        options=ConsoleOptions(timezone=config.hub.timezone, court_name=config.hub.court_name),
-        extra_routes=(*sessions.ROUTES, *admin_api.ROUTES),
+        options=ConsoleOptions(
+            timezone=config.hub.timezone,
+            court_name=config.hub.court_name,
+            nav=(*DEFAULT_NAV, *pages_counter.QUEUE_NAV),
+        ),
+        extra_routes=(
+            *sessions.ROUTES,
+            *admin_api.ROUTES,
+            *queue_api.ROUTES,
+            *pages_counter.ROUTES,
+            *pages_board.ROUTES,
+        ),
         extra_middlewares=[csrf_middleware],
         setup=setup,
     )
 
 
 async def _start_api(
-    config: HubConfig, service: HubService, token: str, accounts: AccountStore, audit: AuditLog
+    config: HubConfig,
+    service: HubService,
+    token: str,
+    accounts: AccountStore,
+    audit: AuditLog,
+    *,
+    queue: QueueService | None = None,
 ) -> tuple[web.AppRunner, str]:
-    app = console_app(config, service, token, accounts, audit)
+    app = console_app(config, service, token, accounts, audit, queue=queue)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
