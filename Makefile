@@ -35,6 +35,7 @@ typecheck: setup
 bench: setup
 	$(BIN)/courthub bench ingest
 	$(BIN)/courthub bench ws
+	$(BIN)/courthub bench calls
 
 # the console's pages in headless Chromium, saved as PNGs for the README (tests/browser)
 screenshots: setup

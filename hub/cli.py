@@ -5,6 +5,7 @@
     courthub simulate --config court.toml   run a simulated court against a running hub
     courthub demo [--duration S]            broker + hub + API + simulated court in one go
     courthub bench ingest                   measure the hub's ingest path
+    courthub bench calls                    queue call -> LED panel latency
     courthub schema                         print the JSON Schemas of the MQTT contract
 
 Heavy modules are imported inside each command so ``courthub --help`` stays instant.
@@ -138,6 +139,12 @@ def _cmd_bench_ws(args: argparse.Namespace) -> int:
     return ws_main(args.rest)
 
 
+def _cmd_bench_calls(args: argparse.Namespace) -> int:
+    from bench.call_latency import main as calls_main
+
+    return calls_main(args.rest)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from protocol.messages import json_schemas
 
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("ws", help="web console WebSocket fan-out (options: --help)")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.ws_fanout")
     b.set_defaults(func=_cmd_bench_ws)
+    b = bench.add_parser("calls", help="queue call -> LED panel latency (options: --help)")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.call_latency")
+    b.set_defaults(func=_cmd_bench_calls)
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
     p.set_defaults(func=_cmd_schema)

@@ -13,6 +13,7 @@ import contextlib
 import os
 import tempfile
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from device_drivers.led_call_display import (
@@ -118,6 +119,8 @@ class SimulatedLedBus:
         #: every valid frame received, in order
         self.received: list[Frame] = []
         self.bad_frames = 0
+        #: called with each valid frame as it is read off the line (before the panel applies it)
+        self.on_frame: Callable[[Frame], None] | None = None
 
     # --- lifetime ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -197,6 +200,8 @@ class SimulatedLedBus:
                 self._reply(encode_frame(address, ACK_FLAG | command, b"\x01"))
         for frame in frames:
             self.received.append(frame)
+            if self.on_frame is not None:
+                self.on_frame(frame)
             if frame.address == BROADCAST:
                 for panel in self.panels.values():
                     panel.handle(frame)
