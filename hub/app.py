@@ -46,6 +46,7 @@ from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
 from hub.hall_displays import HallDisplays
 from hub.hall_kiosks import HallKiosks
+from hub.hall_printer import HallPrinter
 from hub.provisioning import client_url, credentials_for, owned_broker_tls
 from hub.queue_service import QueueService
 from hub.service import HubService
@@ -138,6 +139,8 @@ async def run_hub(
         displays = HallDisplays(service, queue, config.queue)
         displays.start()
         parts.push_async_callback(_logged, "hall displays stop", displays.stop)
+        printer = _start_hall_printer(config, service, queue)
+        parts.push_async_callback(_logged, "hall printer stop", printer.stop)
         runner, api_url = await _start_api(config, service, token, accounts, audit, queue=queue)
         parts.push_async_callback(_logged, "API shutdown", runner.cleanup)
         await asyncio.to_thread(_write_runtime_file, data_dir, broker_url, api_url)
@@ -161,6 +164,19 @@ async def run_hub(
             if inspect.isawaitable(result):
                 await result
         await stop.wait()
+
+
+def _start_hall_printer(config: HubConfig, service: HubService, queue: QueueService) -> HallPrinter:
+    """Print every issued ticket on ``[queue] ticket_printer`` (nothing when unset)."""
+    printer = HallPrinter(
+        service,
+        queue,
+        config.queue,
+        court_name=config.hub.court_name,
+        timezone=config.hub.timezone,
+    )
+    printer.start()
+    return printer
 
 
 async def _logged(what: str, fn: Callable[..., Any], *args: Any) -> None:

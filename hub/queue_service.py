@@ -116,6 +116,8 @@ class QueueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     now_calling: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
     #: LED panels of the hall board that show every call, as ``agent/device``
     board_displays: tuple[str, ...] = ()
+    #: the ticket printer that prints each issued ticket, as ``agent/device`` ("" = none)
+    ticket_printer: str = ""
 
     def __post_init__(self) -> None:
         try:

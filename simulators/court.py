@@ -23,6 +23,7 @@ import tomli_w
 from protocol.messages import Telemetry, encode, now_ms
 from protocol.mqtt_link import BrokerUrl, MqttLink
 from protocol.topics import TopicKind, build
+from simulators.escpos_printer import SimulatedPrinter
 from simulators.http_sensor import SensorServer
 from simulators.kiosk import KioskProfile, SimulatedKiosk
 from simulators.led_display import SimulatedLedBus, SimulatedPanel
@@ -56,6 +57,7 @@ def agent_config_dict(
     data_dir: Path,
     sensors: SensorServer,
     led_port: str | None = None,
+    printer_port: str | None = None,
 ) -> dict[str, Any]:
     """The venue config (same shape as a venue TOML file) of one simulated venue's agent."""
     devices: list[dict[str, Any]] = [
@@ -94,6 +96,14 @@ def agent_config_dict(
             }
             for device_id, address in venue.led_panels()
         ]
+    if printer_port is not None:
+        devices.append(
+            {
+                "id": "printer-1",
+                "driver": "escpos_printer",
+                "options": {"port": printer_port, "status_interval_s": 5.0},
+            }
+        )
     return {
         "agent": {"id": venue.agent, "data_dir": str(data_dir), "heartbeat_s": 5.0},
         "venue": {"id": venue.venue_id, "kind": venue.kind.value, "name": venue.name},
@@ -206,6 +216,8 @@ class SimulatedCourt:
         self.kiosks: dict[tuple[str, str], SimulatedKiosk] = {}
         #: each venue's RS-485 bus of LED call displays (a pty), by agent id
         self.led_buses: dict[str, SimulatedLedBus] = {}
+        #: each venue's thermal ticket printer (a pty), by agent id
+        self.printers: dict[str, SimulatedPrinter] = {}
         self.agents: dict[str, AgentProcess] = {}
         self.faults_done: Counter[str] = Counter()
         self._fault_tasks: list[asyncio.Task[None]] = []
@@ -222,6 +234,10 @@ class SimulatedCourt:
                 bus = SimulatedLedBus([SimulatedPanel(address=a) for _, a in venue.led_panels()])
                 await bus.start()
                 self.led_buses[venue.agent] = bus
+            if venue.printer:
+                printer = SimulatedPrinter()
+                await printer.start()
+                self.printers[venue.agent] = printer
         for index, venue in enumerate(self.scenario.venues):
             self._start_agent(venue)
             await self._start_kiosks(venue, seed=self.scenario.court.seed + index)
@@ -238,6 +254,9 @@ class SimulatedCourt:
             data_dir=agent_dir / "state",
             sensors=self.sensors,
             led_port=self.led_buses[venue.agent].path if venue.agent in self.led_buses else None,
+            printer_port=(
+                self.printers[venue.agent].path if venue.agent in self.printers else None
+            ),
         )
         config_path = agent_dir / "venue.toml"
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -275,6 +294,7 @@ class SimulatedCourt:
         await asyncio.gather(*(a.stop() for a in self.agents.values()), return_exceptions=True)
         await self.sensors.stop()
         await asyncio.gather(*(b.stop() for b in self.led_buses.values()), return_exceptions=True)
+        await asyncio.gather(*(p.stop() for p in self.printers.values()), return_exceptions=True)
 
     def summary(self) -> dict[str, Any]:
         """What the simulated devices did (for the demo's report)."""
@@ -290,6 +310,7 @@ class SimulatedCourt:
                 "chimes": sum(p.chimes for p in panels),
                 "showing": {str(p.address): p.text[0] for p in panels if p.text and p.text[0]},
             },
+            "printer": {"tickets": sum(len(p.tickets) for p in self.printers.values())},
         }
 
     # faults ---------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     kiosks: int = 0
     #: counters (windows 1..N) with an LED call display each, plus the hall board's panel
     counters: int = 0
+    #: a thermal ticket printer (``printer-1``) that prints every issued ticket
+    printer: bool = False
     sensors: list[SensorKind] = []
     #: litigants arriving per minute at each kiosk (all services together)
     arrivals_per_min: float = 4.0
@@ -133,7 +135,8 @@ class CourtScenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     def queue_config(self) -> dict[str, Any]:
         """The hub's ``[queue]`` for this court: the counters of its hall, each with the LED
-        panel above it, and the hall board's panel (the first venue with counters)."""
+        panel above it, the hall board's panel and the hall's ticket printer if it has one
+        (the first venue with counters)."""
         hall = next((v for v in self.venues if v.counters), None)
         if hall is None:
             return {}
@@ -144,6 +147,7 @@ class CourtScenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 for i in range(1, hall.counters + 1)
             ],
             "board_displays": [f"{hall.agent}/board"],
+            "ticket_printer": f"{hall.agent}/printer-1" if hall.printer else "",
         }
 
     def broker_accounts(self) -> list[dict[str, Any]]:
@@ -218,6 +222,7 @@ def default_scenario() -> CourtScenario:
                     "name": "诉讼服务大厅",
                     "kiosks": 3,
                     "counters": 3,
+                    "printer": True,
                     "sensors": ["env", "ups"],
                     "arrivals_per_min": 12,
                     "status_interval_s": 2,

@@ -192,11 +192,14 @@ def test_demo_runs_and_ends_with_a_json_summary(tmp_path: Path) -> None:
     # devices either online or reporting their own fault (a jammed kiosk printer); none lost
     assert summary["devices_offline"] == 0 and summary["devices_stale"] == 0, summary
     assert summary["devices_online"] + summary["devices_fault"] == summary["devices_total"]
-    assert summary["devices_total"] == 20  # 3 kiosks, 9 sensors, 4 agents, 3 window LEDs + board
+    # 3 kiosks, 9 sensors, 4 agents, 3 window LEDs + board, the hall's ticket printer
+    assert summary["devices_total"] == 21
     # the hall works: kiosks got tickets, clerks called them, the LED panels showed the calls
     assert summary["court"]["kiosk"]["tickets"] > 0
     assert summary["clerks"]["called"] > 0
     assert summary["court"]["led"]["chimes"] > 0
+    # ...and the hall's printer printed the tickets the kiosks issued
+    assert summary["court"]["printer"]["tickets"] > 0
     assert all(
         text.startswith("请") and text.endswith("号窗口")
         for text in summary["court"]["led"]["showing"].values()
