@@ -1,0 +1,433 @@
+"""Simulated IP cameras: MJPEG over HTTP and H.264 (MPEG-TS) over HTTP, with fault injection.
+
+A :class:`SimulatedCamera` renders synthetic frames (a sweeping bar over a gradient, the camera
+name, a burnt-in UTC clock with milliseconds and a frame counter) on an absolute schedule and
+serves them like an IP camera:
+
+- ``mjpeg``: ``GET /stream.mjpg`` answers ``multipart/x-mixed-replace; boundary=frame``; each
+  frame is JPEG-encoded once and shared by every client; each client has a small bounded queue,
+  so a slow client skips frames instead of slowing the camera.
+- ``h264``: raw BGR frames are piped into one ``ffmpeg`` (libx264, keyframe every second, MPEG-TS
+  on stdout) per camera; ``GET /stream.ts`` fans its output out to every client in 188-byte
+  aligned chunks (each client starts on a TS packet boundary). With
+  :attr:`CameraSimConfig.source_file` ffmpeg loops an existing clip (``-re -stream_loop -1
+  -c copy``) instead of encoding live, for benchmarks with many 1080p streams.
+
+Faults (for the simulated court and the recorder's tests): :meth:`~SimulatedCamera.stall`,
+:meth:`~SimulatedCamera.resume`, :meth:`~SimulatedCamera.disconnect`,
+:meth:`~SimulatedCamera.refuse`, :meth:`~SimulatedCamera.set_fps` and
+:meth:`~SimulatedCamera.garbage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+Codec = Literal["mjpeg", "h264"]
+Frame = npt.NDArray[np.uint8]
+
+BOUNDARY: Final = "frame"
+TS_PACKET: Final = 188
+#: frames a slow MJPEG client may lag behind before it skips frames
+MJPEG_CLIENT_QUEUE: Final = 4
+#: TS chunks a slow H.264 client may lag behind before it is dropped (skipping TS data would
+#: corrupt the stream silently; a real camera's TCP send buffer would overflow the same way)
+TS_CLIENT_QUEUE: Final = 512
+MAX_FPS: Final = 120.0
+_PR_SET_PDEATHSIG: Final = 1
+
+
+@dataclass(frozen=True)
+class CameraSimConfig:
+    """What a simulated camera serves and where."""
+
+    #: burnt into every frame, e.g. ``court-1-cam-1``
+    name: str
+    codec: Codec = "mjpeg"
+    width: int = 640
+    height: int = 360
+    fps: float = 10.0
+    host: str = "127.0.0.1"
+    #: 0 picks a free port
+    port: int = 0
+    jpeg_quality: int = 80
+    #: h264 only: loop this H.264 MPEG-TS/MP4 clip (``-re -stream_loop -1 -c copy``) instead of
+    #: encoding live
+    source_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("camera name must not be empty")
+        if self.codec not in ("mjpeg", "h264"):
+            raise ValueError(f"unknown codec {self.codec!r} (known: mjpeg, h264)")
+        # even sizes: libx264 encodes yuv420p, which halves both dimensions for chroma
+        if not (16 <= self.width <= 7680 and 16 <= self.height <= 4320):
+            raise ValueError(f"frame size {self.width}x{self.height} out of range")
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"frame size {self.width}x{self.height} must be even")
+        _check_fps(self.fps)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality {self.jpeg_quality} not in 1..100")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} out of range")
+        if self.source_file is not None and self.codec != "h264":
+            raise ValueError("source_file is only for codec='h264'")
+
+
+def _check_fps(fps: float) -> None:
+    if not 0 < fps <= MAX_FPS:
+        raise ValueError(f"fps {fps} not in (0, {MAX_FPS}]")
+
+
+class FrameRenderer:
+    """Draws the synthetic picture into one preallocated buffer (cheap: a copy, a fill, text)."""
+
+    def __init__(self, name: str, width: int, height: int) -> None:
+        self.name = name
+        self.width = width
+        self.height = height
+        # a fixed diagonal gradient background, computed once
+        ys = np.linspace(0, 160, height, dtype=np.float32)[:, None]
+        xs = np.linspace(0, 160, width, dtype=np.float32)[None, :]
+        bg = np.empty((height, width, 3), np.uint8)
+        bg[..., 0] = (xs + ys * 0.5).astype(np.uint8)
+        bg[..., 1] = (ys + 40).astype(np.uint8)
+        bg[..., 2] = (200 - xs * 0.8).astype(np.uint8)
+        self._background = bg
+        self._frame: Frame = np.empty_like(bg)
+        self._bar_w = max(4, width // 16)
+        self._scale = max(0.4, height / 720)
+        self._thick = max(1, round(self._scale * 2))
+
+    def render(self, index: int, ts_ms: int) -> Frame:
+        """The frame ``index`` stamped with ``ts_ms``; the returned array is reused next call."""
+        frame = self._frame
+        np.copyto(frame, self._background)
+        # a bar sweeping left to right once every 64 frames: motion a viewer (and a
+        # frame-difference check) notices
+        x = (index % 64) * (self.width - self._bar_w) // 63
+        frame[:, x : x + self._bar_w] = (255, 255, 255)
+        clock = datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        s, t = self._scale, self._thick
+        line = round(40 * s)
+        for row, text in enumerate((self.name, f"{clock} UTC", f"#{index}")):
+            org = (round(16 * s), line * (row + 1))
+            cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, s, (0, 0, 0), t + 2)
+            cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, s, (255, 255, 255), t)
+        return frame
+
+
+@dataclass(eq=False)
+class _Client:
+    """One connected viewer: its queue of byte strings (``None`` = close now)."""
+
+    request: web.Request
+    queue: asyncio.Queue[bytes | None]
+    skipped: int = 0
+    dropped: bool = False
+
+
+@dataclass
+class _Stats:
+    frames_sent: int = 0
+    skipped: int = 0
+    refused: int = 0
+    slow_clients_dropped: int = 0
+    ts_bytes: int = 0
+    ffmpeg_errors: list[str] = field(default_factory=list)
+
+
+class SimulatedCamera:
+    """One simulated IP camera (see the module docstring)."""
+
+    def __init__(self, config: CameraSimConfig) -> None:
+        self.config = config
+        self.url = ""
+        self._fps = config.fps
+        self._stats = _Stats()
+        self._clients: set[_Client] = set()
+        self._runner: web.AppRunner | None = None
+        self._producer: asyncio.Task[None] | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stalled = False
+        self._refusing = False
+        self._wake = asyncio.Event()
+        self._no_clients = asyncio.Event()
+        self._no_clients.set()
+        self._renderer = FrameRenderer(config.name, config.width, config.height)
+        #: the junk most recently injected by :meth:`garbage` (tests look for it in the stream)
+        self.last_garbage = b""
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def frames_sent(self) -> int:
+        """Frames produced for the clients (not counted while stalled; 0 with source_file)."""
+        return self._stats.frames_sent
+
+    @property
+    def clients(self) -> int:
+        """Clients currently connected to the stream."""
+        return len(self._clients)
+
+    @property
+    def fps(self) -> float:
+        """The current frame rate (changed by :meth:`set_fps`)."""
+        return self._fps
+
+    @property
+    def ffmpeg_pid(self) -> int | None:
+        """The pid of this camera's ffmpeg (h264), or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> str:
+        """Start producing and listening; returns the stream URL."""
+        if self._runner is not None:
+            return self.url
+        cfg = self.config
+        path = "/stream.mjpg" if cfg.codec == "mjpeg" else "/stream.ts"
+        app = web.Application()
+        app.router.add_get(path, self._handle_stream)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, cfg.host, cfg.port)
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        port = int(runner.addresses[0][1])
+        self.url = f"http://{cfg.host}:{port}{path}"
+        if cfg.codec == "mjpeg":
+            self._producer = asyncio.create_task(self._run_mjpeg(), name=f"camera-{cfg.name}")
+        else:
+            await self._start_ffmpeg()
+        log.info("camera started name=%s codec=%s url=%s", cfg.name, cfg.codec, self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop producing, close every client, kill ffmpeg and stop listening."""
+        for task in (self._producer, self._stderr_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._producer = self._stderr_task = None
+        await self._kill_ffmpeg()
+        for client in list(self._clients):
+            self._close_client(client)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        log.info(
+            "camera stopped name=%s frames_sent=%d skipped=%d",
+            self.config.name,
+            self._stats.frames_sent,
+            self._stats.skipped,
+        )
+
+    # --- faults --------------------------------------------------------------------------
+    def stall(self) -> None:
+        """Keep connections open but send nothing until :meth:`resume`."""
+        log.info("camera fault name=%s fault=stall", self.config.name)
+        self._stalled = True
+
+    def resume(self) -> None:
+        """Back to normal: undo :meth:`stall` and a lowered frame rate."""
+        log.info("camera fault name=%s fault=resume", self.config.name)
+        self._stalled = False
+        self._fps = self.config.fps
+        self._wake.set()
+
+    async def disconnect(self) -> None:
+        """Drop every connected client now (they may reconnect)."""
+        log.info("camera fault name=%s fault=disconnect clients=%d", self.config.name, self.clients)
+        for client in list(self._clients):
+            self._close_client(client, abort=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_clients.wait(), 2.0)
+
+    def refuse(self, on: bool) -> None:
+        """While on, new connections get ``503 Service Unavailable`` (camera "down")."""
+        log.info("camera fault name=%s fault=refuse on=%s", self.config.name, on)
+        self._refusing = on
+
+    def set_fps(self, fps: float) -> None:
+        """Change the frame rate (e.g. drop to 1 fps); :meth:`resume` restores the configured one."""
+        _check_fps(fps)
+        if self.config.source_file is not None:
+            log.warning("set_fps ignored name=%s reason=source_file", self.config.name)
+            return
+        log.info("camera fault name=%s fault=set_fps fps=%s", self.config.name, fps)
+        self._fps = fps
+        self._wake.set()
+
+    def garbage(self, nbytes: int = 4096) -> None:
+        """Send ``nbytes`` random bytes inside the stream once.
+
+        MJPEG: as one multipart part whose "JPEG" body is junk (a corrupt frame). H.264: raw junk
+        between two TS chunks (a demuxer must resync on the next 0x47 sync byte).
+        """
+        if nbytes <= 0:
+            raise ValueError(f"nbytes must be positive, got {nbytes}")
+        junk = os.urandom(nbytes)
+        self.last_garbage = junk
+        log.info("camera fault name=%s fault=garbage nbytes=%d", self.config.name, nbytes)
+        self._publish(_mjpeg_part(junk) if self.config.codec == "mjpeg" else junk)
+
+    # --- HTTP ----------------------------------------------------------------------------
+    async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
+        if self._refusing:
+            self._stats.refused += 1
+            raise web.HTTPServiceUnavailable(text="camera unavailable\n")
+        mjpeg = self.config.codec == "mjpeg"
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+                if mjpeg
+                else "video/mp2t",
+                "Cache-Control": "no-cache, no-store",
+                "Connection": "close",
+            }
+        )
+        if not mjpeg:
+            resp.enable_chunked_encoding()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(
+            MJPEG_CLIENT_QUEUE if mjpeg else TS_CLIENT_QUEUE
+        )
+        client = _Client(request, queue)
+        await resp.prepare(request)
+        self._clients.add(client)
+        self._no_clients.clear()
+        peer = request.remote
+        log.info("camera client connected name=%s peer=%s", self.config.name, peer)
+        try:
+            while (data := await queue.get()) is not None:
+                await resp.write(data)
+        except (ConnectionError, RuntimeError) as exc:
+            # RuntimeError: aiohttp's "Cannot write to closing transport"
+            log.info("camera client gone name=%s peer=%s error=%s", self.config.name, peer, exc)
+        finally:
+            self._clients.discard(client)
+            if not self._clients:
+                self._no_clients.set()
+            if client.dropped and request.transport is not None:
+                request.transport.abort()
+        log.info(
+            "camera client disconnected name=%s peer=%s skipped=%d",
+            self.config.name,
+            peer,
+            client.skipped,
+        )
+        return resp
+
+    def _publish(self, data: bytes) -> None:
+        """Hand ``data`` to every client; a full MJPEG queue drops its oldest frame."""
+        mjpeg = self.config.codec == "mjpeg"
+        for client in list(self._clients):
+            if client.dropped:
+                continue
+            q = client.queue
+            if q.full():
+                if not mjpeg:
+                    self._stats.slow_clients_dropped += 1
+                    log.warning("slow client dropped name=%s", self.config.name)
+                    self._close_client(client, abort=True)
+                    continue
+                q.get_nowait()
+                client.skipped += 1
+                self._stats.skipped += 1
+            q.put_nowait(data)
+
+    def _close_client(self, client: _Client, *, abort: bool = False) -> None:
+        client.dropped = abort or client.dropped
+        if abort and client.request.transport is not None:
+            # abort, not close: the peer sees the connection cut, as when a camera reboots
+            client.request.transport.abort()
+        while not client.queue.empty():
+            client.queue.get_nowait()
+        client.queue.put_nowait(None)
+
+    # --- MJPEG producer ------------------------------------------------------------------
+    async def _run_mjpeg(self) -> None:
+        quality = [int(cv2.IMWRITE_JPEG_QUALITY), self.config.jpeg_quality]
+
+        def render_encode(index: int, ts_ms: int) -> bytes:
+            frame = self._renderer.render(index, ts_ms)
+            ok, jpeg = cv2.imencode(".jpg", frame, quality)
+            if not ok:
+                raise RuntimeError("cv2.imencode failed")
+            return _mjpeg_part(jpeg.tobytes())
+
+        async def produce(index: int, ts_ms: int) -> None:
+            part = await asyncio.to_thread(render_encode, index, ts_ms)
+            self._publish(part)
+
+        await self._paced(produce)
+
+    async def _paced(self, produce: Callable[[int, int], Awaitable[None]]) -> None:
+        """Call ``produce`` on an absolute schedule of the loop clock (no drift); while
+        stalled, produce nothing; a late frame moves the schedule instead of bursting."""
+        loop = asyncio.get_running_loop()
+        index = 0
+        next_t = loop.time()
+        while True:
+            if not self._stalled:
+                await produce(index, time.time_ns() // 1_000_000)
+                self._stats.frames_sent += 1
+                index += 1
+            next_t += 1.0 / self._fps
+            now = loop.time()
+            if next_t < now - 1.0 / self._fps:
+                next_t = now
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_t - now))
+            if self._wake.is_set():
+                # resume / set_fps: start the new schedule now
+                next_t = loop.time()
+
+    # --- H.264 ---------------------------------------------------------------------------
+    async def _start_ffmpeg(self) -> None:
+        raise NotImplementedError("h264 not yet")
+
+    async def _kill_ffmpeg(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+def _mjpeg_part(body: bytes) -> bytes:
+    head = (
+        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body + b"\r\n"
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel kills the child (ffmpeg) when this process dies, even by SIGKILL."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
