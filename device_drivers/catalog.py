@@ -17,6 +17,7 @@ DRIVERS: Mapping[str, str] = {
     "http_sensor": "device_drivers.http_sensor:HttpSensorDriver",
     "led_call_display": "device_drivers.led_call_display:LedCallDisplayDriver",
     "escpos_printer": "device_drivers.escpos_printer:EscposPrinterDriver",
+    "visca_ptz": "device_drivers.visca:ViscaPtzDriver",
 }
 
 
