@@ -27,8 +27,9 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +54,8 @@ MJPEG_CLIENT_QUEUE: Final = 4
 TS_CLIENT_QUEUE: Final = 512
 MAX_FPS: Final = 120.0
 _PR_SET_PDEATHSIG: Final = 1
+#: loaded once at import, so preexec_fn (run between fork and exec) only makes a system call
+_LIBC: Final = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -165,8 +168,7 @@ class SimulatedCamera:
         self._stats = _Stats()
         self._clients: set[_Client] = set()
         self._runner: web.AppRunner | None = None
-        self._producer: asyncio.Task[None] | None = None
-        self._stderr_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._stalled = False
         self._refusing = False
@@ -219,21 +221,25 @@ class SimulatedCamera:
         port = int(runner.addresses[0][1])
         self.url = f"http://{cfg.host}:{port}{path}"
         if cfg.codec == "mjpeg":
-            self._producer = asyncio.create_task(self._run_mjpeg(), name=f"camera-{cfg.name}")
+            self._spawn(self._run_mjpeg(), "mjpeg")
         else:
-            await self._start_ffmpeg()
+            try:
+                await self._start_ffmpeg()
+            except BaseException:
+                await self.stop()
+                raise
         log.info("camera started name=%s codec=%s url=%s", cfg.name, cfg.codec, self.url)
         return self.url
 
     async def stop(self) -> None:
         """Stop producing, close every client, kill ffmpeg and stop listening."""
-        for task in (self._producer, self._stderr_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._producer = self._stderr_task = None
         await self._kill_ffmpeg()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for client in list(self._clients):
             self._close_client(client)
         if self._runner is not None:
@@ -409,7 +415,73 @@ class SimulatedCamera:
 
     # --- H.264 ---------------------------------------------------------------------------
     async def _start_ffmpeg(self) -> None:
-        raise NotImplementedError("h264 not yet")
+        cfg = self.config
+        if cfg.source_file is not None and not cfg.source_file.is_file():
+            raise FileNotFoundError(f"camera source_file not found: {cfg.source_file}")
+        cmd = ffmpeg_command(cfg)
+        log.info("ffmpeg starting name=%s cmd=%s", cfg.name, " ".join(cmd))
+        live = cfg.source_file is None
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.PIPE if live else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
+        self._proc = proc
+        assert proc.stdout is not None and proc.stderr is not None
+        self._spawn(self._pump_ts(proc, proc.stdout), "ts-pump")
+        self._spawn(self._drain_stderr(proc.stderr), "ffmpeg-stderr")
+        if live:
+            assert proc.stdin is not None
+            self._spawn(self._run_h264(proc.stdin), "h264")
+
+    def _spawn(self, coro: Coroutine[object, object, None], what: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=f"camera-{self.config.name}-{what}"))
+
+    async def _run_h264(self, stdin: asyncio.StreamWriter) -> None:
+        """Render raw BGR frames and pipe them into ffmpeg on the camera's schedule."""
+
+        def render(index: int, ts_ms: int) -> bytes:
+            # a copy: the renderer reuses its buffer while the pipe may still hold this frame
+            return self._renderer.render(index, ts_ms).tobytes()
+
+        async def produce(index: int, ts_ms: int) -> None:
+            stdin.write(await asyncio.to_thread(render, index, ts_ms))
+            await stdin.drain()
+
+        try:
+            await self._paced(produce)
+        except (BrokenPipeError, ConnectionResetError):
+            log.error("ffmpeg stdin closed name=%s: encoder gone", self.config.name)
+
+    async def _pump_ts(
+        self, proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader
+    ) -> None:
+        """Fan ffmpeg's MPEG-TS out to the clients in whole 188-byte packets."""
+        pending = b""
+        while data := await stdout.read(1 << 16):
+            pending += data
+            cut = len(pending) - len(pending) % TS_PACKET
+            if not cut:
+                continue
+            chunk, pending = pending[:cut], pending[cut:]
+            self._stats.ts_bytes += cut
+            if not self._stalled:
+                self._publish(chunk)
+        rc = await proc.wait()
+        if self._proc is proc:  # not killed by stop()
+            log.error("ffmpeg exited name=%s rc=%s: closing clients", self.config.name, rc)
+            for client in list(self._clients):
+                self._close_client(client)
+
+    async def _drain_stderr(self, stderr: asyncio.StreamReader) -> None:
+        # ffmpeg runs with -loglevel error: every line is worth a log record
+        while line := await stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            self._stats.ffmpeg_errors.append(text)
+            del self._stats.ffmpeg_errors[:-20]
+            log.warning("ffmpeg name=%s stderr=%s", self.config.name, text)
 
     async def _kill_ffmpeg(self) -> None:
         proc, self._proc = self._proc, None
@@ -418,6 +490,77 @@ class SimulatedCamera:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+
+
+def ffmpeg_command(config: CameraSimConfig) -> list[str]:
+    """The ffmpeg command line of an H.264 camera (MPEG-TS on stdout)."""
+    head = ["ffmpeg", "-hide_banner", "-loglevel", "error"]
+    tail = ["-f", "mpegts", "-flush_packets", "1", "-"]
+    if config.source_file is not None:
+        loop = ["-nostdin", "-re", "-stream_loop", "-1", "-i", str(config.source_file)]
+        return [*head, *loop, "-map", "0:v:0", "-c", "copy", *tail]
+    # -framerate (the rawvideo demuxer's option), not -r: with -r ffmpeg would stamp frames at
+    # a fixed rate, and set_fps/stall would make the video play fast; with wall-clock
+    # timestamps a slowed or stalled camera looks exactly like one in the recording
+    raw_in = [
+        "-f", "rawvideo", "-pix_fmt", "bgr24",
+        "-video_size", f"{config.width}x{config.height}",
+        "-framerate", f"{config.fps:g}",
+        "-use_wallclock_as_timestamps", "1",
+        "-i", "-",
+    ]  # fmt: skip
+    return [*head, *raw_in, "-an", *_x264_args(config.fps), "-fps_mode", "passthrough", *tail]
+
+
+def _x264_args(fps: float) -> list[str]:
+    gop = str(max(1, round(fps)))
+    return [
+        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+        # a keyframe every second of video time, even when set_fps lowers the rate
+        "-g", gop, "-force_key_frames", "expr:gte(t,n_forced*1)",
+    ]  # fmt: skip
+
+
+def make_h264_clip(path: Path, *, width: int, height: int, fps: float, seconds: float) -> Path:
+    """Encode a test clip (moving pattern, clock, keyframe every second) with Debian's ffmpeg.
+
+    For benchmarks: serve it with ``CameraSimConfig(codec="h264", source_file=path)``. The
+    container follows the suffix (``.ts`` MPEG-TS, ``.mp4`` MP4). Blocking: call it in a thread
+    from async code.
+    """
+    _check_fps(fps)
+    if seconds <= 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    CameraSimConfig(name=path.stem or "clip", codec="h264", width=width, height=height, fps=fps)
+    renderer = FrameRenderer(path.stem or "clip", width, height)
+    cmd = [
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "bgr24", "-video_size", f"{width}x{height}",
+        "-framerate", f"{fps:g}", "-i", "-", "-an", *_x264_args(fps),
+    ]  # fmt: skip
+    if path.suffix == ".mp4":
+        cmd += ["-movflags", "+faststart"]
+    cmd.append(str(path))
+    frames = max(1, round(seconds * fps))
+    start_ms = time.time_ns() // 1_000_000
+    with subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 (only a prctl call, see _die_with_parent)
+    ) as proc:
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            for i in range(frames):
+                proc.stdin.write(renderer.render(i, start_ms + round(i * 1000 / fps)).data)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg failed: its stderr says why
+        err = proc.stderr.read().decode(errors="replace").strip()
+        rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"ffmpeg could not encode {path} (rc={rc}): {err}")
+    return path
 
 
 def _mjpeg_part(body: bytes) -> bytes:
@@ -429,5 +572,5 @@ def _mjpeg_part(body: bytes) -> bytes:
 
 def _die_with_parent() -> None:
     """preexec_fn: the kernel kills the child (ffmpeg) when this process dies, even by SIGKILL."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # only a prctl call here: the child of a threaded process must not load libraries or lock
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

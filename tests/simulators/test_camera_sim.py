@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import cv2
 import numpy as np
 import pytest
 
-from simulators.camera import CameraSimConfig, FrameRenderer, SimulatedCamera
+from simulators.camera import CameraSimConfig, FrameRenderer, SimulatedCamera, make_h264_clip
 
 READ_TIMEOUT = 5.0
 
@@ -207,3 +212,182 @@ async def test_garbage_arrives_and_the_stream_goes_on(
         assert len(body) == 3000
         _, body = await read_part(resp)
         assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+# --- H.264 ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def h264_cam() -> AsyncIterator[SimulatedCamera]:
+    cam = SimulatedCamera(
+        CameraSimConfig(name="court-1-cam-2", codec="h264", width=320, height=240)
+    )
+    await cam.start()
+    try:
+        yield cam
+    finally:
+        await cam.stop()
+
+
+async def read_ts(resp: aiohttp.ClientResponse, nbytes: int) -> bytes:
+    data = b""
+    while len(data) < nbytes:
+        chunk = await asyncio.wait_for(resp.content.read(nbytes - len(data)), READ_TIMEOUT)
+        assert chunk, "stream ended"
+        data += chunk
+    return data
+
+
+def is_ts(data: bytes) -> bool:
+    return all(data[i] == 0x47 for i in range(0, len(data), 188))
+
+
+def ffmpeg_children() -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and "(ffmpeg)" in stat.read_text():
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def run(*cmd: str, timeout: float = 30) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def probe(path: Path) -> tuple[str, int, int, int]:
+    """codec, width, height, packet count of the first video stream."""
+    out = await run(
+        "ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
+        "-show_entries", "stream=codec_name,width,height,nb_read_packets", "-of", "json",
+        str(path),
+    )  # fmt: skip
+    stream = json.loads(out)["streams"][0]
+    return stream["codec_name"], stream["width"], stream["height"], int(stream["nb_read_packets"])
+
+
+async def record(url: str, out_dir: Path, seconds: float) -> Path:
+    """Record like the hub's recorder: ffmpeg stream copy into segments."""
+    pattern = out_dir / "seg_%05d.ts"
+    await run(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-i", url, "-t", f"{seconds}",
+        "-c", "copy", "-map", "0", "-f", "segment", "-segment_time", "10",
+        "-reset_timestamps", "1", "-segment_format", "mpegts", str(pattern),
+    )  # fmt: skip
+    return out_dir / "seg_00000.ts"
+
+
+async def test_h264_is_one_ffmpeg_fanned_out_in_ts_packets(
+    h264_cam: SimulatedCamera, http: aiohttp.ClientSession
+) -> None:
+    assert h264_cam.url.endswith("/stream.ts")
+    async with http.get(h264_cam.url) as a, http.get(h264_cam.url) as b:
+        assert a.headers["Content-Type"] == "video/mp2t"
+        # both start on a packet boundary, whenever they joined
+        assert is_ts(await read_ts(a, 188 * 20))
+        assert is_ts(await read_ts(b, 188 * 20))
+        assert h264_cam.clients == 2
+        assert ffmpeg_children() == [h264_cam.ffmpeg_pid]
+    assert h264_cam.frames_sent > 0
+    pid = h264_cam.ffmpeg_pid
+    assert pid is not None
+    await h264_cam.stop()
+    assert not pid_alive(pid)
+
+
+@pytest.mark.slow
+async def test_ffmpeg_records_the_h264_stream(h264_cam: SimulatedCamera, tmp_path: Path) -> None:
+    segment = await record(h264_cam.url, tmp_path, 3)
+    codec, width, height, packets = await probe(segment)
+    assert (codec, width, height) == ("h264", 320, 240)
+    assert packets >= 15  # ~3 s at 10 fps, loosely
+
+
+async def test_h264_faults(h264_cam: SimulatedCamera, http: aiohttp.ClientSession) -> None:
+    async with http.get(h264_cam.url) as resp:
+        await read_ts(resp, 188 * 10)
+        # stall: the connection stays open, nothing arrives; resume: bytes flow again
+        h264_cam.stall()
+        with pytest.raises(TimeoutError):
+            while True:
+                await asyncio.wait_for(resp.content.readany(), 0.7)
+        assert h264_cam.clients == 1
+        h264_cam.resume()
+        assert await read_ts(resp, 188)
+        # garbage: the junk is inside the stream, and the stream goes on
+        h264_cam.garbage(1000)
+        junk = h264_cam.last_garbage
+        data = b""
+        while junk not in data:
+            data += await read_ts(resp, 188 * 10)
+            assert len(data) < 10_000_000, "the junk never arrived"
+        assert await read_ts(resp, 188 * 10)
+        # disconnect: the connection closes
+        await h264_cam.disconnect()
+        with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+            while await asyncio.wait_for(resp.content.read(65536), READ_TIMEOUT):
+                pass
+            raise aiohttp.ClientConnectionError("EOF")
+    h264_cam.refuse(True)
+    async with http.get(h264_cam.url) as resp:
+        assert resp.status == 503
+    h264_cam.refuse(False)
+    async with http.get(h264_cam.url) as resp:
+        assert is_ts(await read_ts(resp, 188 * 4))
+
+
+@pytest.mark.slow
+async def test_source_file_is_looped(tmp_path: Path) -> None:
+    clip = await asyncio.to_thread(
+        make_h264_clip, tmp_path / "clip.ts", width=320, height=240, fps=10, seconds=1
+    )
+    assert (await probe(clip))[:3] == ("h264", 320, 240)
+    cam = SimulatedCamera(CameraSimConfig(name="bench", codec="h264", source_file=clip))
+    await cam.start()
+    try:
+        rec = tmp_path / "rec"
+        rec.mkdir()
+        segment = await record(cam.url, rec, 2.5)
+    finally:
+        await cam.stop()
+    codec, width, height, packets = await probe(segment)
+    assert (codec, width, height) == ("h264", 320, 240)
+    assert packets > 10  # more than the 1 s clip holds: it looped
+
+
+@pytest.mark.slow
+async def test_ffmpeg_dies_when_python_is_killed(tmp_path: Path) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from simulators.camera import CameraSimConfig, SimulatedCamera\n"
+        "async def main():\n"
+        "    cam = SimulatedCamera(CameraSimConfig(name='x', codec='h264', width=160, height=120))\n"
+        "    await cam.start()\n"
+        "    print(cam.ffmpeg_pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[2]
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 20)
+    pid = int(line)
+    assert pid_alive(pid)
+    proc.kill()
+    await proc.wait()
+    await wait_for(lambda: not pid_alive(pid))
