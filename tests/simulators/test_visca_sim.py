@@ -91,7 +91,7 @@ async def test_drive_moves_until_stop(camera: SimulatedViscaCamera, link: Serial
     assert await ask(link, h("81 01 06 01 18 17 02 01 FF"), 2) == [h("90 41 FF"), h("90 51 FF")]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
-    while camera.position.pan <= 0 and loop.time() < deadline:
+    while min(camera.position.pan, camera.position.tilt) <= 0 and loop.time() < deadline:
         await asyncio.sleep(0.01)
     assert camera.position.pan > 0 and camera.position.tilt > 0
     await ask(link, h("81 01 06 01 18 17 03 03 FF"), 2)
