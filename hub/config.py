@@ -44,6 +44,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from hub.queue_service import QueueConfig
+from hub.recorder_config import RecorderConfig, check_recorder
 from protocol.mqtt_link import BrokerUrl
 from protocol.topics import RESERVED_AGENT_IDS, valid_id
 
@@ -138,6 +139,8 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     health: HealthSection = msgspec.field(default_factory=HealthSection)
     #: the litigation hall's queue: services, counters, recall and priority rules
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    #: the video recorder: cameras, segments, retention and disk headroom (hub/recorder_config.py)
+    recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -200,6 +203,8 @@ def _check(config: HubConfig, source: str) -> None:
     if not config.hub.data_dir:
         raise HubConfigError(source, "hub.data_dir", "must not be empty")
     _check_broker(config.broker, source)
+    for field, message in check_recorder(config.recorder):
+        raise HubConfigError(source, field, message)
     for i, override in enumerate(config.health.overrides):
         for what in ("agent", "device"):
             value = getattr(override, what)
@@ -250,5 +255,8 @@ def _anchor_paths(config: HubConfig, base_dir: Path) -> HubConfig:
         hub=msgspec.structs.replace(config.hub, data_dir=anchor(config.hub.data_dir)),
         broker=msgspec.structs.replace(
             config.broker, password_file=anchor(config.broker.password_file)
+        ),
+        recorder=msgspec.structs.replace(
+            config.recorder, storage_dir=anchor(config.recorder.storage_dir)
         ),
     )

@@ -1,0 +1,157 @@
+"""``[recorder]`` and ``[[recorder.cameras]]`` of hub.toml: what the video recorder records, how.
+
+```toml
+[recorder]
+storage_dir = ""               # default: data_dir/recordings (relative: against the config file)
+segment_s = 10                 # one file per camera every segment_s seconds
+stall_timeout_s = 10           # no frame this long: the camera is down (a gap is recorded)
+reconnect_interval_s = 5       # retry a down camera this often
+headroom_mb = 1024             # keep this much disk free: delete the oldest unheld segments first
+quota_mb = 0                   # cap the recordings' total size (0 = only the disk's size)
+retention_sweep_s = 30         # how often retention and headroom are checked
+live_fps = 10                  # live feeds of stream-copy cameras: decoded at this rate…
+live_width = 960               # …and this width, only while somebody watches
+[recorder.retention_days]      # per venue kind; 0 = keep forever
+tech_courtroom = 365
+interrogation_room = 365
+litigation_hall = 90
+command_center = 30
+
+[[recorder.cameras]]
+id = "court-1-cam-1"
+venue = "court-1"
+venue_kind = "tech_courtroom"
+name = "审判席 Bench"
+url = "rtsp://10.0.3.21/stream1"   # rtsp://, http(s)://…(.ts) → stream copy; …mjpg / usb:N → OpenCV
+path = "auto"                  # "copy" | "opencv" | "auto" (from the URL)
+fps = 25                       # expected frame rate (health: received vs expected)
+container = "ts"               # stream copy segments: "ts" | "mkv" | "mp4" (fragmented)
+encode = "mjpg"                # OpenCV path: "mjpg" (.avi, crash-safe) | "x264" (ffmpeg libx264)
+live_roles = []                # who may watch live; empty = the venue kind's default
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from protocol.topics import valid_id
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+VenueKindName = Literal["litigation_hall", "tech_courtroom", "interrogation_room", "command_center"]
+
+#: Who may watch a venue kind's cameras live unless a camera says otherwise. Interrogation rooms
+#: are narrower: a detainee's interrogation is not for every screen in the command center.
+DEFAULT_LIVE_ROLES: dict[str, tuple[str, ...]] = {
+    "litigation_hall": ("commander", "technician", "judge"),
+    "tech_courtroom": ("commander", "technician", "judge"),
+    "interrogation_room": ("judge",),
+    "command_center": ("commander", "technician", "judge"),
+}
+
+#: Days kept per venue kind (0 = forever).
+DEFAULT_RETENTION_DAYS: dict[str, float] = {
+    "tech_courtroom": 365,
+    "interrogation_room": 365,
+    "litigation_hall": 90,
+    "command_center": 30,
+}
+
+
+class CameraConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One camera the hub records."""
+
+    id: str
+    venue: str
+    venue_kind: VenueKindName = "tech_courtroom"
+    name: str = ""
+    url: str
+    path: Literal["auto", "copy", "opencv"] = "auto"
+    fps: PositiveFloat = 25.0
+    container: Literal["ts", "mkv", "mp4"] = "ts"
+    encode: Literal["mjpg", "x264"] = "mjpg"
+    live_roles: list[str] = []
+    record: bool = True
+
+    @property
+    def display_name(self) -> str:
+        """The name shown on the wall (the id when no name is given)."""
+        return self.name or self.id
+
+    @property
+    def capture_path(self) -> Literal["copy", "opencv"]:
+        """Stream copy for H.264/H.265 network sources, OpenCV for MJPEG and USB cameras."""
+        if self.path != "auto":
+            return self.path
+        return "opencv" if is_opencv_source(self.url) else "copy"
+
+    def allowed_live_roles(self) -> frozenset[str]:
+        """Roles that may watch this camera live."""
+        return frozenset(self.live_roles or DEFAULT_LIVE_ROLES[self.venue_kind])
+
+
+def is_opencv_source(url: str) -> bool:
+    """MJPEG over HTTP and local (USB) devices go through OpenCV; the rest is stream-copied."""
+    lower = url.lower()
+    if lower.startswith(("usb:", "/dev/video")):
+        return True
+    if lower.startswith(("http://", "https://")):
+        path = lower.split("?", 1)[0]
+        return path.endswith((".mjpg", ".mjpeg", ".cgi")) or "mjpeg" in path or "mjpg" in path
+    return False
+
+
+class RecorderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[recorder]``: segments, outage detection, disk and retention rules, the cameras."""
+
+    storage_dir: str = ""
+    segment_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
+    stall_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=20)] = 10.0
+    reconnect_interval_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 5.0
+    headroom_mb: Annotated[float, msgspec.Meta(ge=0)] = 1024.0
+    quota_mb: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    retention_sweep_s: PositiveFloat = 30.0
+    retention_days: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_RETENTION_DAYS)
+    )
+    live_fps: PositiveFloat = 10.0
+    live_width: Annotated[int, msgspec.Meta(ge=64, le=3840)] = 960
+    #: seconds between camera health reports (telemetry)
+    health_interval_s: PositiveFloat = 5.0
+    cameras: list[CameraConfig] = []
+
+    def storage_path(self, data_dir: Path) -> Path:
+        """Where segments are written."""
+        return Path(self.storage_dir) if self.storage_dir else data_dir / "recordings"
+
+    def retention_for(self, venue_kind: str) -> float:
+        """Days to keep a venue kind's segments (0 = forever)."""
+        return self.retention_days.get(venue_kind, DEFAULT_RETENTION_DAYS.get(venue_kind, 0.0))
+
+
+def check_recorder(recorder: RecorderConfig) -> list[tuple[str, str]]:
+    """Problems types cannot express, as ``(field, message)`` pairs (empty when fine)."""
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    known_roles = {"admin", "technician", "judge", "clerk", "commander", "counter"}
+    for kind in recorder.retention_days:
+        if kind not in DEFAULT_RETENTION_DAYS:
+            problems.append((f"recorder.retention_days.{kind}", "unknown venue kind"))
+    for i, camera in enumerate(recorder.cameras):
+        where = f"recorder.cameras[{i}]"
+        if not valid_id(camera.id):
+            problems.append((f"{where}.id", f"{camera.id!r} is not [a-z0-9-]{{1,64}}"))
+        elif camera.id in seen:
+            problems.append((f"{where}.id", f"duplicate camera {camera.id!r}"))
+        seen.add(camera.id)
+        if not valid_id(camera.venue):
+            problems.append((f"{where}.venue", f"{camera.venue!r} is not [a-z0-9-]{{1,64}}"))
+        if not camera.url:
+            problems.append((f"{where}.url", "must not be empty"))
+        for role in camera.live_roles:
+            if role not in known_roles:
+                problems.append((f"{where}.live_roles", f"unknown role {role!r}"))
+    return problems
