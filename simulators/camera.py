@@ -9,7 +9,8 @@ serves them like an IP camera:
   so a slow client skips frames instead of slowing the camera.
 - ``h264``: raw BGR frames are piped into one ``ffmpeg`` (libx264, keyframe every second, MPEG-TS
   on stdout) per camera; ``GET /stream.ts`` fans its output out to every client in 188-byte
-  aligned chunks (each client starts on a TS packet boundary). With
+  aligned chunks; each new client starts at the PAT/PMT before the next keyframe, so its
+  first bytes decode. With
   :attr:`CameraSimConfig.source_file` ffmpeg loops an existing clip (``-re -stream_loop -1
   -c copy``) instead of encoding live, for benchmarks with many 1080p streams.
 
@@ -21,6 +22,7 @@ Faults (for the simulated court and the recorder's tests): :meth:`~SimulatedCame
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -53,6 +55,8 @@ MJPEG_CLIENT_QUEUE: Final = 4
 #: corrupt the stream silently; a real camera's TCP send buffer would overflow the same way)
 TS_CLIENT_QUEUE: Final = 512
 MAX_FPS: Final = 120.0
+#: a new H.264 client gets the stream from the next keyframe, or after this many chunks anyway
+KEYFRAME_WAIT_CHUNKS: Final = 200
 _PR_SET_PDEATHSIG: Final = 1
 #: loaded once at import, so preexec_fn (run between fork and exec) only makes a system call
 _LIBC: Final = ctypes.CDLL(None, use_errno=True)
@@ -146,6 +150,8 @@ class _Client:
     queue: asyncio.Queue[bytes | None]
     skipped: int = 0
     dropped: bool = False
+    #: H.264 only: TS chunks seen while waiting for the first keyframe
+    waiting: int | None = None
 
 
 @dataclass
@@ -321,7 +327,7 @@ class SimulatedCamera:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(
             MJPEG_CLIENT_QUEUE if mjpeg else TS_CLIENT_QUEUE
         )
-        client = _Client(request, queue)
+        client = _Client(request, queue, waiting=None if mjpeg else 0)
         await resp.prepare(request)
         self._clients.add(client)
         self._no_clients.clear()
@@ -347,11 +353,22 @@ class SimulatedCamera:
         )
         return resp
 
-    def _publish(self, data: bytes) -> None:
-        """Hand ``data`` to every client; a full MJPEG queue drops its oldest frame."""
+    def _publish(self, data: bytes, entry: bytes | None = None) -> None:
+        """Hand ``data`` to every client; a full MJPEG queue drops its oldest frame.
+
+        A new H.264 client waits for ``entry`` (the stream from the PAT/PMT before a keyframe),
+        so its first bytes decode; a source without flagged keyframes starts it anyway soon.
+        """
         mjpeg = self.config.codec == "mjpeg"
         for client in list(self._clients):
             if client.dropped:
+                continue
+            if client.waiting is not None:
+                client.waiting += 1
+                if entry is None and client.waiting < KEYFRAME_WAIT_CHUNKS:
+                    continue
+                client.waiting = None
+                client.queue.put_nowait(entry or data)
                 continue
             q = client.queue
             if q.full():
@@ -459,7 +476,7 @@ class SimulatedCamera:
         self, proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader
     ) -> None:
         """Fan ffmpeg's MPEG-TS out to the clients in whole 188-byte packets."""
-        pending = b""
+        pending = tail = b""
         while data := await stdout.read(1 << 16):
             pending += data
             cut = len(pending) - len(pending) % TS_PACKET
@@ -468,7 +485,8 @@ class SimulatedCamera:
             chunk, pending = pending[:cut], pending[cut:]
             self._stats.ts_bytes += cut
             if not self._stalled:
-                self._publish(chunk)
+                self._publish(chunk, keyframe_entry(tail, chunk))
+            tail = chunk[-2 * TS_PACKET :]
         rc = await proc.wait()
         if self._proc is proc:  # not killed by stop()
             log.error("ffmpeg exited name=%s rc=%s: closing clients", self.config.name, rc)
@@ -490,6 +508,29 @@ class SimulatedCamera:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+
+
+def keyframe_entry(tail: bytes, chunk: bytes) -> bytes | None:
+    """Where a new viewer should join: from the PAT just before the first keyframe in ``chunk``.
+
+    ffmpeg's MPEG-TS muxer writes PAT and PMT right before each video keyframe and flags the
+    keyframe's first packet with random_access_indicator. ``tail`` (the end of the previous
+    chunk) catches a PAT/PMT that a read split from its keyframe. None: no keyframe in chunk.
+    """
+    data = tail + chunk
+    last_pat: int | None = None
+    for off in range(0, len(data) - TS_PACKET + 1, TS_PACKET):
+        pid = ((data[off + 1] & 0x1F) << 8) | data[off + 2]
+        if pid == 0:
+            last_pat = off
+            continue
+        has_adaptation = (data[off + 3] >> 4) & 0x2
+        random_access = has_adaptation and data[off + 4] > 0 and data[off + 5] & 0x40
+        if random_access and off >= len(tail):
+            if last_pat is not None and off - last_pat <= 3 * TS_PACKET:
+                return data[last_pat:]
+            return data[off:]
+    return None
 
 
 def ffmpeg_command(config: CameraSimConfig) -> list[str]:
@@ -574,3 +615,49 @@ def _die_with_parent() -> None:
     """preexec_fn: the kernel kills the child (ffmpeg) when this process dies, even by SIGKILL."""
     # only a prctl call here: the child of a threaded process must not load libraries or lock
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+async def _serve(config: CameraSimConfig) -> None:
+    camera = SimulatedCamera(config)
+    url = await camera.start()
+    log.info("serving camera name=%s url=%s (Ctrl-C stops)", config.name, url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await camera.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m simulators.camera --name cam --codec h264 --port 8554``: serve one camera."""
+    parser = argparse.ArgumentParser(prog="python -m simulators.camera", description=__doc__)
+    parser.add_argument("--name", default="sim-cam")
+    parser.add_argument("--codec", choices=("mjpeg", "h264"), default="mjpeg")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--jpeg-quality", type=int, default=80)
+    parser.add_argument("--source-file", type=Path, help="h264: loop this clip instead")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = CameraSimConfig(
+            name=args.name,
+            codec=args.codec,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            host=args.host,
+            port=args.port,
+            jpeg_quality=args.jpeg_quality,
+            source_file=args.source_file,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(config))
+
+
+if __name__ == "__main__":
+    main()

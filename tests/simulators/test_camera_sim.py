@@ -242,6 +242,16 @@ def is_ts(data: bytes) -> bool:
     return all(data[i] == 0x47 for i in range(0, len(data), 188))
 
 
+def starts_at_keyframe(data: bytes) -> bool:
+    """PAT first, then (after the PMT) a packet flagged random_access_indicator."""
+    pids = [((data[i + 1] & 0x1F) << 8) | data[i + 2] for i in range(0, 4 * 188, 188)]
+    rai = [
+        bool(data[i + 3] & 0x20 and data[i + 4] and data[i + 5] & 0x40)
+        for i in range(0, 4 * 188, 188)
+    ]
+    return pids[0] == 0 and any(rai)
+
+
 def ffmpeg_children() -> list[int]:
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -297,12 +307,21 @@ async def test_h264_is_one_ffmpeg_fanned_out_in_ts_packets(
     assert h264_cam.url.endswith("/stream.ts")
     async with http.get(h264_cam.url) as a, http.get(h264_cam.url) as b:
         assert a.headers["Content-Type"] == "video/mp2t"
-        # both start on a packet boundary, whenever they joined
-        assert is_ts(await read_ts(a, 188 * 20))
-        assert is_ts(await read_ts(b, 188 * 20))
+        # both start on a packet boundary at a keyframe, whenever they joined
+        first_a, first_b = await read_ts(a, 188 * 20), await read_ts(b, 188 * 20)
+        assert is_ts(first_a) and is_ts(first_b)
+        assert starts_at_keyframe(first_a) and starts_at_keyframe(first_b)
         assert h264_cam.clients == 2
         assert ffmpeg_children() == [h264_cam.ffmpeg_pid]
     assert h264_cam.frames_sent > 0
+    # a late joiner decodes from its first bytes: no "non-existing PPS" errors
+    proc = await asyncio.create_subprocess_exec(
+        "ffprobe", "-v", "error", "-analyzeduration", "1000000", "-show_entries",
+        "stream=codec_name", "-of", "csv=p=0", h264_cam.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert "h264" in out.decode() and not err.strip(), err.decode()
     pid = h264_cam.ffmpeg_pid
     assert pid is not None
     await h264_cam.stop()
