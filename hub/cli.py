@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 
 #: Modules that add subcommands: each has ``register(subparsers)`` and imports heavy modules
 #: only inside its handlers. Add a line here for a new command group.
-EXTENSIONS: tuple[str, ...] = ("hub.cli_provision", "hub.cli_users", "hub.cli_audit")
+EXTENSIONS: tuple[str, ...] = (
+    "hub.cli_provision",
+    "hub.cli_users",
+    "hub.cli_audit",
+    "hub.cli_verify",
+)
 
 FAULT_HELP = (
     "inject a fault: ACTION[:TARGET]@SECONDS[+DURATION], e.g. kill_agent:interro-1@10+3, "
