@@ -53,7 +53,7 @@
 
   function venueLabel(camera) {
     const kind = t("venue." + camera.venue_kind);
-    return camera.venue ? camera.venue + " · " + kind : kind;
+    return camera.venue && camera.venue !== kind ? camera.venue + " · " + kind : kind;
   }
 
   /* what the tile's picture should be now: "live", "still" or "none" */
