@@ -430,7 +430,7 @@ class RecordingIndex:
         return gap
 
     async def close_gap(self, gap_id: int, to_ms: int) -> None:
-        """End an open gap; :class:`ValueError` when it is unknown, closed, or ends before it starts."""
+        """End an open gap; ValueError when unknown, already closed, or ending before it starts."""
         await self._thread.run(self._close_gap_blocking, gap_id, to_ms)
         log.info("gap closed id=%d to_ms=%d", gap_id, to_ms)
 
@@ -540,56 +540,57 @@ class RecordingIndex:
     def _append_blocking(self, new: _NewSegment) -> SegmentRecord:
         db = self._conn()
         assert self._head_fd is not None
-        with flock(self._head_fd, fcntl.LOCK_EX), _transaction(db):
-            if db.execute("SELECT 1 FROM segments WHERE path = ?", (new.path,)).fetchone():
-                raise ValueError(f"segment {new.path!r} is already indexed")
-            last = db.execute(
-                "SELECT seq, entry_hash FROM chain WHERE camera = ? ORDER BY seq DESC LIMIT 1",
-                (new.camera,),
-            ).fetchone()
-            seq, prev_hash = (last[0] + 1, last[1]) if last else (1, ZERO_HASH)
-            digest = chain_entry_hash(
-                camera=new.camera,
-                seq=seq,
-                path=new.path,
-                sha256=new.sha256,
-                bytes=new.bytes,
-                start_ms=new.start_ms,
-                end_ms=new.end_ms,
-                frames=new.frames,
-                prev_hash=prev_hash,
-            )
-            cur = db.execute(
-                "INSERT INTO segments (camera, venue, session_id, path, start_ms, end_ms, frames, "
-                "bytes, sha256, recovered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    new.camera,
-                    new.venue,
-                    new.session_id,
-                    new.path,
-                    new.start_ms,
-                    new.end_ms,
-                    new.frames,
-                    new.bytes,
-                    new.sha256,
-                    int(new.recovered),
-                ),
-            )
-            segment_id = cur.lastrowid
-            assert segment_id is not None
-            db.execute(
-                "INSERT INTO chain VALUES (?, ?, ?, ?, ?)",
-                (new.camera, seq, segment_id, prev_hash, digest),
-            )
-            heads = self._heads_blocking()
-        # after the commit: a crash in between leaves the head one behind (reported by verify),
-        # never ahead of what the database durably holds
-        try:
-            _write_head(self._head_fd, heads)
-        except OSError:
-            log.exception(
-                "recordings head not updated path=%s camera=%s", self.head_path, new.camera
-            )
+        with flock(self._head_fd, fcntl.LOCK_EX):
+            with _transaction(db):
+                if db.execute("SELECT 1 FROM segments WHERE path = ?", (new.path,)).fetchone():
+                    raise ValueError(f"segment {new.path!r} is already indexed")
+                last = db.execute(
+                    "SELECT seq, entry_hash FROM chain WHERE camera = ? ORDER BY seq DESC LIMIT 1",
+                    (new.camera,),
+                ).fetchone()
+                seq, prev_hash = (last[0] + 1, last[1]) if last else (1, ZERO_HASH)
+                digest = chain_entry_hash(
+                    camera=new.camera,
+                    seq=seq,
+                    path=new.path,
+                    sha256=new.sha256,
+                    bytes=new.bytes,
+                    start_ms=new.start_ms,
+                    end_ms=new.end_ms,
+                    frames=new.frames,
+                    prev_hash=prev_hash,
+                )
+                cur = db.execute(
+                    "INSERT INTO segments (camera, venue, session_id, path, start_ms, end_ms, "
+                    "frames, bytes, sha256, recovered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        new.camera,
+                        new.venue,
+                        new.session_id,
+                        new.path,
+                        new.start_ms,
+                        new.end_ms,
+                        new.frames,
+                        new.bytes,
+                        new.sha256,
+                        int(new.recovered),
+                    ),
+                )
+                segment_id = cur.lastrowid
+                assert segment_id is not None
+                db.execute(
+                    "INSERT INTO chain VALUES (?, ?, ?, ?, ?)",
+                    (new.camera, seq, segment_id, prev_hash, digest),
+                )
+                heads = self._heads_blocking()
+            # after the commit, still under the lock (readers see database and head agree): a
+            # crash in between leaves the head one behind (reported), never ahead of the database
+            try:
+                _write_head(self._head_fd, heads)
+            except OSError:
+                log.exception(
+                    "recordings head not updated path=%s camera=%s", self.head_path, new.camera
+                )
         return SegmentRecord(
             segment_id,
             new.camera,

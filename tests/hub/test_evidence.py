@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -207,6 +208,7 @@ async def test_altered_file_with_recomputed_hashes_is_still_caught(store: Store)
 
 async def test_removed_chain_entries_are_named(store: Store) -> None:
     cam1 = await store.index.segments(camera="cam-1")
+    cam2_last = (await store.index.segments(camera="cam-2"))[2]
     tamper(
         store.db,
         "DROP TRIGGER chain_no_delete",
@@ -214,7 +216,7 @@ async def test_removed_chain_entries_are_named(store: Store) -> None:
         f"DELETE FROM chain WHERE segment_id = {cam1[1].id}",
         f"DELETE FROM segments WHERE id = {cam1[1].id}",
         # and the last entry of cam-2: only the head record can tell
-        f"DELETE FROM chain WHERE segment_id = {(await store.index.segments(camera='cam-2'))[2].id}",
+        f"DELETE FROM chain WHERE segment_id = {cam2_last.id}",
     )
     report = store.verify()
     removed = [p for p in report.problems if p.kind == "REMOVED"]
@@ -395,3 +397,36 @@ async def test_export_refuses_media_changed_since_sealing(store: Store, tmp_path
     assert not out.exists() and not leftovers(tmp_path, ".*part")
     with pytest.raises(EvidenceError, match="transcripts_root"):
         export_bundle(out, manifest_path=await seal(store, "s1", store.data / "t"), root=store.root)
+
+
+async def test_verify_beside_a_recording_hub_sees_no_false_alarm(store: Store) -> None:
+    """The hub keeps appending while verify runs: the chain and head always agree."""
+
+    async def record() -> None:
+        for i in range(30):
+            cam = ("cam-1", "cam-2")[i % 2]
+            start = T0 + 100_000 + i * 10_000
+            path = await asyncio.to_thread(fresh_segment, store.root, cam, start)
+            await store.index.add_segment(
+                camera=cam, venue="court-1", session_id=None, path=path,
+                start_ms=start, end_ms=start + 10_000, frames=250,
+            )  # fmt: skip
+
+    recorder = asyncio.create_task(record())
+    reports = []
+    while not recorder.done():
+        reports.append(await asyncio.to_thread(store.verify))
+    await recorder
+    reports.append(await asyncio.to_thread(store.verify))
+    assert [r.problems for r in reports if not r.ok] == []
+    assert len(reports) > 1
+    assert reports[-1].segments_checked == 36
+
+
+def fresh_segment(root: Path, camera: str, start_ms: int) -> Path:
+    """Like :func:`segment_file`, but just written: in progress until it is indexed."""
+    when = datetime.fromtimestamp(start_ms / 1000, UTC)
+    path = root / camera / when.strftime("%Y%m%d") / f"{camera}_{start_ms}Z.mkv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(3000))
+    return path
