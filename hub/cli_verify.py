@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
     v = sub.add_parser(
         "verify",
         help="check recordings or an export bundle (exit 1 when altered, removed or added)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description="Check recorded video evidence or an export bundle: exit 0 intact, 1 when "
+        "a file or chain entry was altered, removed or added (each named), 2 for usage errors.",
     )
     v.add_argument(
         "target",
