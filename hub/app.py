@@ -20,7 +20,15 @@ from typing import Any
 
 from aiohttp import web
 
-from dashboards import admin_api, pages_board, pages_counter, queue_api, sessions
+from dashboards import (
+    admin_api,
+    pages_board,
+    pages_counter,
+    pages_video,
+    queue_api,
+    recordings_api,
+    sessions,
+)
 from dashboards.app import ConsoleOptions, create_console_app
 from dashboards.auth import (
     Authenticator,
@@ -31,7 +39,9 @@ from dashboards.auth import (
 )
 from dashboards.pages import DEFAULT_NAV, PASSWORD_CHANGE_PAGES
 from dashboards.pages_board import install_board
+from dashboards.pages_video import install_live_video
 from dashboards.queue_api import QUEUE_KEY
+from dashboards.recordings_api import RECORDINGS_KEY, RecordingsContext
 from dashboards.sessions import (
     ACCOUNTS_KEY,
     AUDIT_KEY,
@@ -40,6 +50,7 @@ from dashboards.sessions import (
     csrf_middleware,
 )
 from hub.accounts import AccountStore
+from hub.alerts import AlertBoard
 from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
@@ -47,8 +58,13 @@ from hub.credentials import MQTT_DIR, Credentials
 from hub.hall_displays import HallDisplays
 from hub.hall_kiosks import HallKiosks
 from hub.hall_printer import HallPrinter
+from hub.hearings import HearingService
+from hub.live_video import LiveVideo
 from hub.provisioning import client_url, credentials_for, owned_broker_tls
 from hub.queue_service import QueueService
+from hub.recorder import Recorder
+from hub.recording_index import DB_FILE, RecordingIndex
+from hub.retention import RetentionSweeper
 from hub.service import HubService
 from protocol.mqtt_link import BrokerUrl
 
@@ -63,6 +79,18 @@ RUNTIME_FILE = "runtime.json"
 
 class HubStartError(RuntimeError):
     """The hub could not start (broker, password file, port in use…)."""
+
+
+@dataclass
+class VideoParts:
+    """The recorded venues' services: index, hearings, alerts, live feeds, recorder, retention."""
+
+    index: RecordingIndex
+    alerts: AlertBoard
+    hearings: HearingService
+    live: LiveVideo
+    recorder: Recorder
+    retention: RetentionSweeper
 
 
 @dataclass
@@ -85,6 +113,8 @@ class HubRuntime:
     first_admin_password: str | None = field(default=None, repr=False)
     #: The hall queue (tickets, counters) and the bridge answering kiosks' ticket requests.
     queue: QueueService | None = None
+    #: The recorder, its index, hearings, alerts and live feeds.
+    video: VideoParts | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -133,15 +163,11 @@ async def run_hub(
         first_admin_password = await accounts.ensure_first_admin()
         queue = await QueueService.open(data_dir, config.queue)
         parts.push_async_callback(_logged, "queue close", queue.close)
-        kiosks = HallKiosks(service, queue)
-        kiosks.start()
-        parts.push_async_callback(_logged, "kiosk bridge stop", kiosks.stop)
-        displays = HallDisplays(service, queue, config.queue)
-        displays.start()
-        parts.push_async_callback(_logged, "hall displays stop", displays.stop)
-        printer = _start_hall_printer(config, service, queue)
-        parts.push_async_callback(_logged, "hall printer stop", printer.stop)
-        runner, api_url = await _start_api(config, service, token, accounts, audit, queue=queue)
+        _start_hall_bridges(config, service, queue, parts)
+        video = await _start_video(config, service, audit, parts)
+        runner, api_url = await _start_api(
+            config, service, token, accounts, audit, queue=queue, video=video
+        )
         parts.push_async_callback(_logged, "API shutdown", runner.cleanup)
         await asyncio.to_thread(_write_runtime_file, data_dir, broker_url, api_url)
         parts.push_async_callback(asyncio.to_thread, _remove_runtime_file, data_dir)
@@ -159,11 +185,26 @@ async def run_hub(
                 audit,
                 first_admin_password,
                 queue,
+                video,
             )
             result = on_ready(runtime)
             if inspect.isawaitable(result):
                 await result
         await stop.wait()
+
+
+def _start_hall_bridges(
+    config: HubConfig, service: HubService, queue: QueueService, parts: contextlib.AsyncExitStack
+) -> None:
+    """Kiosk requests → tickets, calls → LED panels, issued tickets → the hall printer."""
+    kiosks = HallKiosks(service, queue)
+    kiosks.start()
+    parts.push_async_callback(_logged, "kiosk bridge stop", kiosks.stop)
+    displays = HallDisplays(service, queue, config.queue)
+    displays.start()
+    parts.push_async_callback(_logged, "hall displays stop", displays.stop)
+    printer = _start_hall_printer(config, service, queue)
+    parts.push_async_callback(_logged, "hall printer stop", printer.stop)
 
 
 def _start_hall_printer(config: HubConfig, service: HubService, queue: QueueService) -> HallPrinter:
@@ -177,6 +218,45 @@ def _start_hall_printer(config: HubConfig, service: HubService, queue: QueueServ
     )
     printer.start()
     return printer
+
+
+async def _start_video(
+    config: HubConfig, service: HubService, audit: AuditLog, parts: contextlib.AsyncExitStack
+) -> VideoParts:
+    """Open the recordings index, alerts and hearings; start the recorder and retention."""
+    data_dir = config.data_dir
+    storage = config.recorder.storage_path(data_dir)
+    await asyncio.to_thread(storage.mkdir, parents=True, exist_ok=True)
+    index = await RecordingIndex.open(data_dir / DB_FILE, storage)
+    parts.push_async_callback(_logged, "recordings index close", index.close)
+    alerts = await AlertBoard.open(data_dir)
+    parts.push_async_callback(_logged, "alerts close", alerts.close)
+    hearings = await HearingService.open(data_dir, index, audit)
+    parts.push_async_callback(_logged, "hearings close", hearings.close)
+    live = LiveVideo()
+    parts.callback(live.close)
+    recorder = Recorder(
+        config.recorder,
+        storage_root=storage,
+        index=index,
+        live=live,
+        alerts=alerts,
+        sessions=hearings,
+        reporter=service,
+        timezone=config.hub.timezone,
+    )
+    parts.push_async_callback(_logged, "recorder stop", recorder.stop)
+    await recorder.start()
+    retention = RetentionSweeper(config.recorder, index, alerts=alerts, audit=audit)
+    sweeper = asyncio.create_task(retention.run(), name="retention")
+    parts.push_async_callback(_cancel, sweeper)
+    return VideoParts(index, alerts, hearings, live, recorder, retention)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _logged(what: str, fn: Callable[..., Any], *args: Any) -> None:
@@ -249,6 +329,7 @@ def console_app(
     audit: AuditLog,
     *,
     queue: QueueService | None = None,
+    video: VideoParts | None = None,
 ) -> web.Application:
     """The web console: pages, JSON API, live updates, sign-in, admin — deny by default."""
     admin = Principal("api-token", frozenset({Role.ADMIN}))
@@ -265,6 +346,15 @@ def console_app(
         if queue is not None:
             app[QUEUE_KEY] = queue
         install_board(app)  # the hall board's anonymous live channel follows the queue
+        if video is not None:
+            install_live_video(app, video.live)
+            app[RECORDINGS_KEY] = RecordingsContext(
+                video.index,
+                video.hearings,
+                video.recorder,
+                video.alerts,
+                config.data_dir / DB_FILE,
+            )
 
     return create_console_app(
         service,
@@ -272,7 +362,7 @@ def console_app(
         options=ConsoleOptions(
             timezone=config.hub.timezone,
             court_name=config.hub.court_name,
-            nav=(*DEFAULT_NAV, *pages_counter.QUEUE_NAV),
+            nav=(*DEFAULT_NAV, *pages_counter.QUEUE_NAV, pages_video.WALL_NAV),
         ),
         extra_routes=(
             *sessions.ROUTES,
@@ -280,6 +370,8 @@ def console_app(
             *queue_api.ROUTES,
             *pages_counter.ROUTES,
             *pages_board.ROUTES,
+            *pages_video.ROUTES,
+            *recordings_api.ROUTES,
         ),
         extra_middlewares=[csrf_middleware],
         setup=setup,
@@ -294,8 +386,9 @@ async def _start_api(
     audit: AuditLog,
     *,
     queue: QueueService | None = None,
+    video: VideoParts | None = None,
 ) -> tuple[web.AppRunner, str]:
-    app = console_app(config, service, token, accounts, audit, queue=queue)
+    app = console_app(config, service, token, accounts, audit, queue=queue, video=video)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

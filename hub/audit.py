@@ -104,6 +104,10 @@ class Action(StrEnum):
     LIVE_FEED_STARTED = "live_feed_started"
     EXPORT = "export"
     SEAL = "seal"
+    HEARING_OPENED = "hearing_opened"
+    HEARING_CLOSED = "hearing_closed"
+    LEGAL_HOLD = "legal_hold"
+    RETENTION_DELETE = "retention_delete"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub.camera_worker import CameraStats, ClosedSegment, RecorderSink, incoming_dir, now_ms
+from hub.camera_worker import (
+    CameraStats,
+    CaptureSettings,
+    ClosedSegment,
+    RecorderSink,
+    incoming_dir,
+    now_ms,
+)
 from hub.child_process import preexec, stop_process
 from hub.recorder_config import CameraConfig
 
@@ -42,17 +49,7 @@ LIST_POLL_S = 0.2
 CONNECT_GRACE_S = 3.0
 
 
-@dataclass(frozen=True)
-class CopySettings:
-    """The recorder-wide knobs a copy worker needs."""
-
-    storage_root: Path
-    segment_s: float = 10.0
-    stall_timeout_s: float = 10.0
-    reconnect_interval_s: float = 5.0
-
-
-def ffmpeg_copy_args(camera: CameraConfig, settings: CopySettings, out_dir: Path) -> list[str]:
+def ffmpeg_copy_args(camera: CameraConfig, settings: CaptureSettings, out_dir: Path) -> list[str]:
     """The ffmpeg command line that records ``camera`` into ``out_dir`` segments."""
     container = camera.container
     timeout_us = str(int(settings.stall_timeout_s * 1_000_000))
@@ -97,7 +94,7 @@ class CopyWorker:
     def __init__(
         self,
         camera: CameraConfig,
-        settings: CopySettings,
+        settings: CaptureSettings,
         sink: RecorderSink,
         stats: CameraStats,
         *,

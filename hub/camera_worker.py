@@ -39,6 +39,18 @@ def final_path(storage_root: Path, camera_id: str, start_ms: int, suffix: str) -
     return storage_root / camera_id / start.strftime("%Y%m%d") / f"{camera_id}_{stamp}{suffix}"
 
 
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The recorder-wide knobs a capture worker needs."""
+
+    storage_root: Path
+    segment_s: float = 10.0
+    stall_timeout_s: float = 10.0
+    reconnect_interval_s: float = 5.0
+    #: the OpenCV path burns this zone's local time (and the camera id) into every frame
+    timezone: str = "Asia/Shanghai"
+
+
 @dataclass
 class CameraStats:
     """Counters a worker updates (from its threads too: plain ints, read racily by design)."""

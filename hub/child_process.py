@@ -17,13 +17,15 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# resolved once in the parent: between fork and exec the child only calls the C function
+# (no dlopen, no import), which is what makes it safe as a preexec_fn in a threaded hub
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def die_with_parent() -> None:
     """``preexec_fn``: the child gets SIGKILL when the parent dies (Linux; no-op elsewhere)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def preexec() -> Callable[[], None] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +46,12 @@ from protocol.messages import (
     Birth,
     CommandResult,
     Death,
+    DeviceInfo,
     DeviceState,
+    DeviceStatus,
     Event,
     Telemetry,
+    Venue,
 )
 from protocol.mqtt_link import BrokerUrl
 from protocol.topics import TopicKind
@@ -176,6 +180,32 @@ class HubService:
     ) -> CommandOutcome:
         """Run a device command (see :class:`hub.commands.CommandRouter`)."""
         return await self.commands.call(agent, device, name, args, timeout_s)
+
+    # devices the hub runs itself (the recorder's cameras) ---------------------------------------
+    def report_local_agent(self, agent_id: str, venue: Venue, devices: list[DeviceInfo]) -> None:
+        """Register a hub-side pseudo agent (e.g. ``video-court-1``: the cameras the hub records).
+
+        Its devices live in the registry like any agent's: health, technician grid, telemetry
+        listeners. There is no MQTT behind it, so it never dies while the hub runs.
+        """
+        now = int(time.time() * 1000)
+        birth = Birth(ts=now, bdseq=0, seq=0, venue=venue, devices=devices, agent_version="hub")
+        self.health.on_birth(agent_id, birth, retained=False)
+
+    def report_local_state(
+        self, agent_id: str, device_id: str, state: DeviceStatus, reason: str = ""
+    ) -> None:
+        """A hub-side device's own state (online / offline / fault)."""
+        msg = DeviceState(ts=int(time.time() * 1000), state=state, reason=reason)
+        self.health.on_device_state(agent_id, device_id, msg, retained=False)
+
+    def report_local_telemetry(
+        self, agent_id: str, device_id: str, metrics: dict[str, float]
+    ) -> None:
+        """A hub-side device's measurements, announced to telemetry listeners like an agent's."""
+        msg = Telemetry(ts=int(time.time() * 1000), seq=0, metrics=metrics)
+        self._on_live_stream(agent_id, device_id, msg)
+        self.registry.notify(TelemetryReceived(agent_id, device_id, msg))
 
     async def device_transitions(
         self, agent: str, device: str, *, since_ms: int = 0, limit: int = 1000
