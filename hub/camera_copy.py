@@ -158,6 +158,9 @@ class CopyWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await tasks[2]
             await asyncio.shield(self._collect(run, final=True))
+            # ffmpeg's bookkeeping, not evidence: left behind, a verify of the data dir would
+            # report it as a file no chain entry knows (ADDED) once it is older than settle_s
+            await asyncio.shield(self._clear_list())
         return reason
 
     async def _wait_or_stall(self, proc: asyncio.subprocess.Process, run: _Run) -> str:
