@@ -66,6 +66,7 @@ from hub.recorder import Recorder
 from hub.recording_index import DB_FILE, RecordingIndex
 from hub.retention import RetentionSweeper
 from hub.service import HubService
+from hub.voice_follow import VoiceFollow
 from protocol.mqtt_link import BrokerUrl
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class VideoParts:
     live: LiveVideo
     recorder: Recorder
     retention: RetentionSweeper
+    #: turns a venue's PTZ camera to the loudest seat (the hearing service calls it)
+    voice_follow: VoiceFollow
 
 
 @dataclass
@@ -250,7 +253,9 @@ async def _start_video(
     retention = RetentionSweeper(config.recorder, index, alerts=alerts, audit=audit)
     sweeper = asyncio.create_task(retention.run(), name="retention")
     parts.push_async_callback(_cancel, sweeper)
-    return VideoParts(index, alerts, hearings, live, recorder, retention)
+    voice_follow = VoiceFollow(service.call_command, config.recorder.ptz_by_venue())
+    parts.push_async_callback(_logged, "voice follow close", voice_follow.close)
+    return VideoParts(index, alerts, hearings, live, recorder, retention, voice_follow)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -86,6 +86,7 @@ class _Run:
     listed: set[str] = field(default_factory=set)
     list_offset: int = 0
     up: bool = False
+    stopping: bool = False
 
 
 class CopyWorker:
@@ -154,9 +155,10 @@ class CopyWorker:
             for task in tasks[:2]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, 2.0)
-            tasks[2].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tasks[2]
+            # not cancelled: a watcher cancelled mid hand-over would lose the row it had read
+            run.stopping = True
+            with contextlib.suppress(Exception):
+                await asyncio.shield(tasks[2])
             await asyncio.shield(self._collect(run, final=True))
             # ffmpeg's bookkeeping, not evidence: left behind, a verify of the data dir would
             # report it as a file no chain entry knows (ADDED) once it is older than settle_s
@@ -218,7 +220,7 @@ class CopyWorker:
                 log.info("ffmpeg camera=%s: %s", self.camera.id, line[:300])
 
     async def _watch_list(self, run: _Run) -> None:
-        while True:
+        while not run.stopping:
             await asyncio.sleep(LIST_POLL_S)
             await self._collect(run, final=False)
 

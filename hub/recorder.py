@@ -135,6 +135,7 @@ class Recorder:
         )
         self._cameras = {c.id: _Camera(c) for c in config.cameras}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._indexing: set[asyncio.Future[None]] = set()
         self.index_failures = 0
         self.segments_indexed = 0
 
@@ -159,6 +160,8 @@ class Recorder:
             if cam.transcoder is not None:
                 await cam.transcoder.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # segments being indexed finish (never cancelled half way)
+        await asyncio.gather(*self._indexing, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -200,7 +203,16 @@ class Recorder:
 
     # RecorderSink -------------------------------------------------------------------------------
     async def segment_closed(self, segment: ClosedSegment) -> None:
-        """Move, hash, chain and index a closed segment; failures keep the file and alert."""
+        """Move, hash, chain and index a closed segment; failures keep the file and alert.
+
+        Shielded: a hub stopping mid-way must not leave a moved but unindexed file.
+        """
+        task = asyncio.ensure_future(self._index_segment(segment))
+        self._indexing.add(task)
+        task.add_done_callback(self._indexing.discard)
+        await asyncio.shield(task)
+
+    async def _index_segment(self, segment: ClosedSegment) -> None:
         cam = self._cameras[segment.camera.id]
         try:
             dest = await asyncio.to_thread(self._move_into_place, segment)

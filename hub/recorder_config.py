@@ -28,6 +28,7 @@ fps = 25                       # expected frame rate (health: received vs expect
 container = "ts"               # stream copy segments: "ts" | "mkv" | "mp4" (fragmented)
 encode = "mjpg"                # OpenCV path: "mjpg" (.avi, crash-safe) | "x264" (ffmpeg libx264)
 live_roles = []                # who may watch live; empty = the venue kind's default
+ptz = "court-1/ptz-1"          # its VISCA head (agent/device): voice follow turns it per seat
 ```
 """
 
@@ -75,6 +76,9 @@ class CameraConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     encode: Literal["mjpg", "x264"] = "mjpg"
     live_roles: list[str] = []
     record: bool = True
+    #: the PTZ head that points this camera, as "agent/device" (voice follow turns it to the
+    #: seat whose microphone is loudest); at most one per venue
+    ptz: str = ""
 
     @property
     def display_name(self) -> str:
@@ -123,6 +127,15 @@ class RecorderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     health_interval_s: PositiveFloat = 5.0
     cameras: list[CameraConfig] = []
 
+    def ptz_by_venue(self) -> dict[str, tuple[str, str]]:
+        """Venue → (agent, PTZ device) for voice follow (the first camera with a PTZ head)."""
+        out: dict[str, tuple[str, str]] = {}
+        for camera in self.cameras:
+            if camera.ptz and camera.venue not in out:
+                agent, _, device = camera.ptz.partition("/")
+                out[camera.venue] = (agent, device)
+        return out
+
     def storage_path(self, data_dir: Path) -> Path:
         """Where segments are written."""
         return Path(self.storage_dir) if self.storage_dir else data_dir / "recordings"
@@ -151,6 +164,9 @@ def check_recorder(recorder: RecorderConfig) -> list[tuple[str, str]]:
             problems.append((f"{where}.venue", f"{camera.venue!r} is not [a-z0-9-]{{1,64}}"))
         if not camera.url:
             problems.append((f"{where}.url", "must not be empty"))
+        agent, _, device = camera.ptz.partition("/")
+        if camera.ptz and not (valid_id(agent) and valid_id(device)):
+            problems.append((f"{where}.ptz", f"{camera.ptz!r} is not agent/device"))
         for role in camera.live_roles:
             if role not in known_roles:
                 problems.append((f"{where}.live_roles", f"unknown role {role!r}"))

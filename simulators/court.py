@@ -23,11 +23,12 @@ import tomli_w
 from protocol.messages import Telemetry, encode, now_ms
 from protocol.mqtt_link import BrokerUrl, MqttLink
 from protocol.topics import TopicKind, build
+from simulators.court_cameras import CourtCameras
 from simulators.escpos_printer import SimulatedPrinter
 from simulators.http_sensor import SensorServer
 from simulators.kiosk import KioskProfile, SimulatedKiosk
 from simulators.led_display import SimulatedLedBus, SimulatedPanel
-from simulators.scenario import CourtScenario, FaultAction, FaultSpec, VenueSpec
+from simulators.scenario import CAMERA_FAULTS, CourtScenario, FaultAction, FaultSpec, VenueSpec
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,11 @@ class SimulatedCourt:
         work_dir: Path,
         *,
         restart_broker: Callable[[float], Awaitable[None]] | None = None,
+        cameras: CourtCameras | None = None,
     ) -> None:
         self.scenario = scenario
+        #: the venues' IP cameras (started by whoever built the hub's recorder config)
+        self.cameras = cameras
         self.broker_url = broker_url
         self.password_for = password_for
         self.work_dir = work_dir
@@ -326,6 +330,11 @@ class SimulatedCourt:
         log.info("fault: %s target=%s", fault.action.value, fault.target or "-")
         self.faults_done[fault.action.value] += 1
         agent, _, device = fault.target.partition("/")
+        if fault.action in CAMERA_FAULTS:
+            if self.cameras is None:
+                raise RuntimeError("this court runs no cameras")
+            await self.cameras.inject(fault.action, fault.target, fault.duration_s)
+            return
         match fault.action:
             case FaultAction.KILL_AGENT:
                 await self.agents[agent].kill(fault.duration_s)
@@ -435,14 +444,19 @@ async def simulate_against_hub(
         raise CourtSetupError(f"{hub_config_path}: add [[broker.accounts]] for: {names}")
     # read-only: writing a password the running broker does not know would lock agents out
     credentials = await asyncio.to_thread(Credentials.of_hub, config)
+    # the hub's [[recorder.cameras]] must name these cameras' fixed ports (court.toml `port`)
+    cameras = CourtCameras(scenario)
+    await cameras.start()
     court = SimulatedCourt(
         scenario,
         BrokerUrl.parse(str(runtime["broker_url"])),
         credentials.password_for,
         config.data_dir.parent / "simulated-court",
+        cameras=cameras,
     )
-    await court.start()
     try:
+        await court.start()
         await stop.wait()
     finally:
         await court.stop()
+        await cameras.stop()

@@ -22,6 +22,7 @@ from hub.app import HubRuntime, run_hub
 from hub.config import hub_config_from_dict
 from simulators.clerks import SimulatedClerks
 from simulators.court import SimulatedCourt
+from simulators.court_cameras import CourtCameras
 from simulators.scenario import (
     CourtScenario,
     FaultAction,
@@ -74,6 +75,11 @@ def demo_faults(scenario: CourtScenario, duration_s: float | None) -> list[Fault
         )
     if agents:
         faults.append(FaultSpec(at_s=0.45 * span, action=FaultAction.GARBAGE, target=agents[0]))
+    camera = next((c.id for v in scenario.venues for c in v.cameras), None)
+    if camera is not None:  # a camera lost for a moment: a gap record and an alert
+        faults.append(
+            FaultSpec(at_s=0.3 * span, action=FaultAction.CUT_CAMERA, target=camera, duration_s=5)
+        )
     sensor = next(((v.agent, v.sensor_ids()[0][0]) for v in scenario.venues if v.sensors), None)
     if sensor is not None:
         target = f"{sensor[0]}/{sensor[1]}"
@@ -134,6 +140,7 @@ def _print_where_to_look(
         "courthub demo is running — 演示已启动",
         f"  web console / 控制台: {runtime.api_url}/",
         *(f"    login / 登录  {user:<10} {password}   ({role})" for user, role, password in logins),
+        f"  video wall / 视频墙: {runtime.api_url}/wall   (commander, judge, technician)",
         f"  web API / 接口:   {runtime.api_url}/api/v1/devices",
         f"  API token / 令牌: {runtime.api_token}",
         f"  try / 试试:       curl -H 'Authorization: Bearer {runtime.api_token}' "
@@ -163,12 +170,29 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event) -> dict[str, Any]:
     elif not scenario.faults:
         scenario = with_faults(scenario, demo_faults(scenario, options.duration_s))
     data_dir = options.data_dir or Path(tempfile.mkdtemp(prefix="courthub-demo-"))
+    cameras = CourtCameras(scenario)
+    await cameras.start()  # before the hub: its recorder config names their URLs
+    try:
+        return await _run_with_cameras(options, scenario, data_dir, cameras, stop)
+    finally:
+        await cameras.stop()
+
+
+async def _run_with_cameras(
+    options: DemoOptions,
+    scenario: CourtScenario,
+    data_dir: Path,
+    cameras: CourtCameras,
+    stop: asyncio.Event,
+) -> dict[str, Any]:
     config = hub_config_from_dict(
         {
             "hub": {"data_dir": str(data_dir / "hub")},
             "broker": {"mode": "own", "accounts": scenario.broker_accounts()},
             "queue": scenario.queue_config(),
             "api": {"port": _port_or_free(options.api_port)},
+            # short segments so the demo's first minute already shows recorded files
+            "recorder": {"segment_s": 10, "cameras": cameras.recorder_cameras()},
         }
     )
     ready: asyncio.Future[HubRuntime] = asyncio.get_running_loop().create_future()
@@ -186,6 +210,7 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event) -> dict[str, Any]:
         _password_lookup(runtime),
         data_dir / "court",
         restart_broker=_broker_restarter(runtime),
+        cameras=cameras,
     )
     counters = [str(c["id"]) for c in scenario.queue_config().get("counters", [])]
     clerks = SimulatedClerks(runtime.queue, counters) if runtime.queue and counters else None

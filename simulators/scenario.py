@@ -24,7 +24,7 @@ from __future__ import annotations
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -45,6 +45,14 @@ class FaultAction(StrEnum):
     GARBAGE = "garbage"
     JAM_PRINTER = "jam_printer"
     RESTART_BROKER = "restart_broker"
+    #: a camera keeps its connections but sends nothing (target: camera id)
+    STALL_CAMERA = "stall_camera"
+    #: a camera drops every connection and refuses new ones for the duration (target: camera id)
+    CUT_CAMERA = "cut_camera"
+
+
+#: faults whose target is a camera id, not an agent
+CAMERA_FAULTS = frozenset({FaultAction.STALL_CAMERA, FaultAction.CUT_CAMERA})
 
 
 class SensorKind(StrEnum):
@@ -60,6 +68,19 @@ class CourtInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     seed: int = 7
 
 
+class CameraSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A simulated IP camera of a venue; the hub records it (``[[recorder.cameras]]``)."""
+
+    id: str
+    codec: Literal["mjpeg", "h264"] = "mjpeg"
+    name: str = ""
+    width: int = 640
+    height: int = 360
+    fps: float = 10.0
+    #: 0 = any free port (the demo); fixed when a separately started hub must find it
+    port: int = 0
+
+
 class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One venue, run by one edge agent."""
 
@@ -72,6 +93,8 @@ class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     #: a thermal ticket printer (``printer-1``) that prints every issued ticket
     printer: bool = False
     sensors: list[SensorKind] = []
+    #: IP cameras (MJPEG over HTTP or H.264 MPEG-TS over HTTP), recorded by the hub
+    cameras: list[CameraSpec] = []
     #: litigants arriving per minute at each kiosk (all services together)
     arrivals_per_min: float = 4.0
     #: seconds between kiosk status reports and sensor polls (the protocol says 10 / 5)
@@ -187,9 +210,18 @@ def _validate(scenario: CourtScenario) -> CourtScenario:
         if v.agent in seen:
             raise ScenarioError(f"agent id {v.agent!r} is used twice")
         seen.add(v.agent)
+    cameras: set[str] = set()
+    for v in scenario.venues:
+        for cam in v.cameras:
+            if not valid_id(cam.id) or cam.id in cameras:
+                raise ScenarioError(f"camera id {cam.id!r} is not [a-z0-9-]{{1,64}} or used twice")
+            cameras.add(cam.id)
     for f in scenario.faults:
         agent = f.target.split("/")[0]
-        if f.action is not FaultAction.RESTART_BROKER and agent not in seen:
+        if f.action in CAMERA_FAULTS:
+            if f.target not in cameras:
+                raise ScenarioError(f"fault {f.action.value} targets unknown camera {f.target!r}")
+        elif f.action is not FaultAction.RESTART_BROKER and agent not in seen:
             raise ScenarioError(f"fault {f.action.value} targets unknown agent {agent!r}")
     return scenario
 
@@ -234,6 +266,10 @@ def default_scenario() -> CourtScenario:
                     "name": "第一科技法庭",
                     "sensors": ["env", "door", "ups"],
                     "sensor_interval_s": 2,
+                    "cameras": [
+                        {"id": "court-1-cam-1", "name": "审判席 Bench", "codec": "mjpeg"},
+                        {"id": "court-1-cam-2", "name": "全景 Overview", "codec": "h264"},
+                    ],
                 },
                 {
                     "agent": "interro-1",
@@ -241,6 +277,7 @@ def default_scenario() -> CourtScenario:
                     "name": "远程提讯室（法院端）",
                     "sensors": ["env", "door"],
                     "sensor_interval_s": 2,
+                    "cameras": [{"id": "interro-1-cam-1", "name": "讯问室 Room", "codec": "mjpeg"}],
                 },
                 {
                     "agent": "command-1",
@@ -248,6 +285,7 @@ def default_scenario() -> CourtScenario:
                     "name": "执行指挥中心",
                     "sensors": ["env", "ups"],
                     "sensor_interval_s": 2,
+                    "cameras": [{"id": "field-1", "name": "执行现场 Field unit", "codec": "h264"}],
                 },
             ]
         },
