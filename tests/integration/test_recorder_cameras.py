@@ -28,9 +28,10 @@ from recorder_harness import (
     wait_segments,
 )
 
+from hub.camera_worker import now_ms
 from hub.evidence import verify_recordings
 from hub.recorder import video_agent_id
-from hub.recording_index import DB_FILE
+from hub.recording_index import DB_FILE, GapRecord
 from simulators.camera import SimulatedCamera
 
 pytestmark = pytest.mark.slow
@@ -113,3 +114,71 @@ async def test_two_cameras_recorded_into_verified_segments_with_health(
             p for p in (storage / cam / ".incoming").iterdir() if p.suffix in {".avi", ".ts"}
         ]
         assert leftovers == []
+
+
+async def test_a_lost_camera_gets_a_gap_and_an_alert_until_it_is_back(
+    tmp_path: Path, cameras: tuple[SimulatedCamera, SimulatedCamera]
+) -> None:
+    mjpeg, h264 = cameras
+    config = hub_config(
+        tmp_path / "hub",
+        [camera_entry(MJPEG_CAM, mjpeg.url), camera_entry(H264_CAM, h264.url)],
+    )
+    hub = HubRunner(config)
+    runtime = await hub.start()
+    try:
+        video = video_of(runtime)
+        await asyncio.gather(wait_segments(video, MJPEG_CAM, 1), wait_segments(video, H264_CAM, 1))
+        cut_ms = now_ms()
+        for sim in (mjpeg, h264):  # the camera goes dark: connections dropped, new ones refused
+            sim.refuse(True)
+        await asyncio.gather(mjpeg.disconnect(), h264.disconnect())
+
+        async def open_gaps() -> dict[str, GapRecord] | None:
+            gaps = {g.camera: g for g in await video.index.gaps(open_only=True)}
+            return gaps if set(gaps) == {MJPEG_CAM, H264_CAM} else None
+
+        gaps = await wait_for(open_gaps, timeout=15, what="an open gap per camera")
+        for gap in gaps.values():
+            assert gap.venue == VENUE and gap.to_ms is None and gap.reason, gap
+            # the gap starts at the last frame received, before we cut the camera (+ clock slack)
+            assert gap.from_ms <= cut_ms + 1000, gap
+        await wait_for(
+            lambda: all(video.alerts.is_active(f"camera-lost:{c}") for c in gaps),
+            timeout=10,
+            what="camera-lost alerts",
+        )
+        # the wall and the registry say the cameras are down
+        assert {v.id: v.state for v in video.live.cameras()} == {
+            MJPEG_CAM: "offline",
+            H264_CAM: "offline",
+        }
+        device = runtime.service.registry.device(video_agent_id(VENUE), MJPEG_CAM)
+        assert device is not None and device.reported_state.value == "offline"
+
+        back_ms = now_ms()
+        for sim in (mjpeg, h264):
+            sim.refuse(False)
+
+        async def closed_gaps() -> list[GapRecord] | None:
+            rows = [g for g in await video.index.gaps() if g.id in {x.id for x in gaps.values()}]
+            return rows if rows and all(g.to_ms is not None for g in rows) else None
+
+        closed = await wait_for(closed_gaps, timeout=20, what="the gaps to be closed")
+        for gap in closed:
+            assert gap.to_ms is not None and gap.from_ms < gap.to_ms and gap.to_ms >= back_ms
+        await wait_for(
+            lambda: not any(video.alerts.is_active(f"camera-lost:{c}") for c in gaps),
+            timeout=10,
+            what="camera-lost alerts to clear",
+        )
+        history = {a.key for a in await video.alerts.history() if a.cleared_ms is not None}
+        assert {f"camera-lost:{c}" for c in gaps} <= history
+        # recording goes on after the outage
+        await asyncio.gather(
+            wait_segments(video, MJPEG_CAM, 1, after_ms=back_ms),
+            wait_segments(video, H264_CAM, 1, after_ms=back_ms),
+        )
+        assert len(await video.index.gaps()) == 2  # one gap per camera and outage
+    finally:
+        await hub.stop()
