@@ -121,6 +121,8 @@ class AlertBoard:
         if current is not None:
             if current.message != message or current.severity != severity:
                 current = replace(current, message=message, severity=severity)
+                # kept in the row too: the history and a restart show what it last said
+                await self._thread.run(self._update_blocking, current.id, severity.value, message)
                 self._active[key] = current
                 self._notify(current)
             return current
@@ -185,6 +187,12 @@ class AlertBoard:
             (key, severity, source, message, at),
         )
         return int(cur.lastrowid or 0)
+
+    def _update_blocking(self, alert_id: int, severity: str, message: str) -> None:
+        self._conn().execute(
+            "UPDATE alerts SET severity = ?, message = ? WHERE id = ?",
+            (severity, message, alert_id),
+        )
 
     def _clear_blocking(self, alert_id: int, at: int) -> None:
         self._conn().execute("UPDATE alerts SET cleared_ms = ? WHERE id = ?", (at, alert_id))
