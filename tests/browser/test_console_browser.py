@@ -119,9 +119,11 @@ async def test_a_stranger_is_sent_to_sign_in_and_the_technician_lands_on_their_h
     await page.wait_for_url(console.url("/"))
     await expect(page.locator("h1")).to_have_text(ZH["home.welcome"].format(name=TECH.display_name))
     await expect(page.get_by_test_id("user-name")).to_have_text(TECH.display_name)
-    # a technician's pages: the device page and the hall board, as tiles and in the top bar
+    # a technician's pages: the device page, the hall board and the video wall, as tiles and
+    # in the top bar
     tiles = page.get_by_test_id("tiles").locator("a.tile")
-    await expect(tiles).to_have_count(2)
+    await expect(tiles).to_have_count(3)
+    await expect(page.get_by_test_id("tile-wall")).to_contain_text(ZH["nav.wall"])
     await expect(page.get_by_test_id("tile-board")).to_contain_text(ZH["nav.board"])
     await expect(page.get_by_test_id("tile-technician")).to_contain_text(ZH["nav.technician"])
     await expect(page.get_by_test_id("nav-technician")).to_be_visible()
