@@ -108,10 +108,12 @@ class RetentionSweeper:
                 batch = await self.index.deletable(older_than_ms=cutoff, venues=venues, limit=BATCH)
                 if not batch:
                     break
-                freed = await self._delete(batch, f"retention: older than {days:g} days ({kind})")
-                result.deleted_for_age += len(batch)
+                reason = f"retention: older than {days:g} days ({kind})"
+                count, freed = await self._delete(batch, reason)
+                result.deleted_for_age += count
                 result.bytes_freed += freed
-                if len(batch) < BATCH:
+                # a batch that deleted nothing would come back unchanged: retried next sweep
+                if len(batch) < BATCH or count == 0:
                     break
 
     async def _by_room(self, result: SweepResult) -> None:
@@ -131,10 +133,13 @@ class RetentionSweeper:
                     break
                 chosen.append(segment)
                 missing -= segment.bytes
-            freed = await self._delete(chosen, "headroom: disk below the configured free space")
-            deleted += len(chosen)
+            reason = "headroom: disk below the configured free space"
+            count, freed = await self._delete(chosen, reason)
+            deleted += count
             result.bytes_freed += freed
             missing = await self._missing_bytes()
+            if count == 0:
+                break  # the oldest cannot be deleted now (logged): retried next sweep
         result.deleted_for_room += deleted
         result.short_bytes = max(0, missing)
         await self._alert_room(deleted, result)
@@ -167,7 +172,8 @@ class RetentionSweeper:
             )
             await self.alerts.raise_alert(HEADROOM_ALERT, message, source="recorder")
 
-    async def _delete(self, segments: Sequence[SegmentRecord], reason: str) -> int:
+    async def _delete(self, segments: Sequence[SegmentRecord], reason: str) -> tuple[int, int]:
+        """Delete what may be deleted of ``segments``: (segments deleted, bytes freed)."""
         freed = 0
         deleted: list[str] = []
         now_ms = int(self.clock() * 1000)
@@ -192,4 +198,4 @@ class RetentionSweeper:
                     target=f"{len(deleted)} segments",
                     detail={"reason": reason, "bytes": freed, "paths": deleted[:100]},
                 )
-        return freed
+        return len(deleted), freed
