@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/courthub bench ingest
 	$(BIN)/courthub bench ws
 	$(BIN)/courthub bench calls
+	$(BIN)/courthub bench video
 
 # the console's pages in headless Chromium, saved as PNGs for the README (tests/browser)
 screenshots: setup

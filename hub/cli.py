@@ -6,6 +6,7 @@
     courthub demo [--duration S]            broker + hub + API + simulated court in one go
     courthub bench ingest                   measure the hub's ingest path
     courthub bench calls                    queue call -> LED panel latency
+    courthub bench video                    recorder capacity/CPU, live-feed latency
     courthub schema                         print the JSON Schemas of the MQTT contract
 
 Heavy modules are imported inside each command so ``courthub --help`` stays instant.
@@ -150,6 +151,12 @@ def _cmd_bench_calls(args: argparse.Namespace) -> int:
     return calls_main(args.rest)
 
 
+def _cmd_bench_video(args: argparse.Namespace) -> int:
+    from bench.recorder import main as video_main
+
+    return video_main(args.rest)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from protocol.messages import json_schemas
 
@@ -199,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("calls", help="queue call -> LED panel latency (options: --help)")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.call_latency")
     b.set_defaults(func=_cmd_bench_calls)
+    b = bench.add_parser("video", help="recorder capacity and CPU, live feed (options: --help)")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.recorder")
+    b.set_defaults(func=_cmd_bench_video)
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
     p.set_defaults(func=_cmd_schema)
