@@ -34,7 +34,7 @@ from dashboards.auth import PRINCIPAL_KEY, Role
 from dashboards.routes import Route
 from dashboards.sessions import http_error, read_json_body
 from hub.alerts import AlertBoard
-from hub.evidence import verify_recordings
+from hub.evidence import EvidenceError, verify_recordings
 from hub.hearings import HearingError, HearingService
 from hub.recorder import Recorder
 from hub.recording_index import RecordingIndex
@@ -153,13 +153,18 @@ async def export_hearing(request: web.Request) -> web.StreamResponse:
     out = folder / f"{hearing_id}.zip"
     try:
         await hearings.export(hearing_id, out, by=_user(request))
-    except HearingError as exc:
+    except (HearingError, EvidenceError) as exc:
+        # not sealed, or a file changed since sealing: a refusal the user must read, not a 500
+        await asyncio.to_thread(_remove_tree, folder)
         raise http_error(409, str(exc)) from None
+    except BaseException:
+        await asyncio.to_thread(_remove_tree, folder)
+        raise
     response = web.FileResponse(
         out, headers={"Content-Disposition": f'attachment; filename="{out.name}"'}
     )
     # the temporary bundle goes once sent (it is rebuilt from the sealed record on demand)
-    request.app.loop.call_later(600, _remove_tree, folder)
+    asyncio.get_running_loop().call_later(600, _remove_tree, folder)
     return response
 
 
