@@ -158,9 +158,10 @@ class RetentionSweeper:
         if self.alerts is None:
             return
         if result.short_bytes > 0:
+            short_mb = -(-result.short_bytes // MB)  # rounded up: never "0 MB short"
             message = (
-                f"磁盘空间不足：仅剩受保全或不可删除的录像，仍缺 {result.short_bytes // MB} MB / "
-                f"disk below headroom; only held material left, {result.short_bytes // MB} MB short"
+                f"磁盘空间不足：仅剩受保全或不可删除的录像，仍缺 {short_mb} MB / "
+                f"disk below headroom; only held material left, {short_mb} MB short"
             )
             await self.alerts.raise_alert(
                 HEADROOM_ALERT, message, source="recorder", severity=Severity.CRITICAL

@@ -187,7 +187,8 @@ async def test_headroom_deletes_the_oldest_unheld_first_then_alerts(store: Store
     assert result.short_bytes == MB - (disk.capacity - disk.used())
     alert = store.alerts.active()[0]
     assert alert.severity is Severity.CRITICAL
-    assert f"{result.short_bytes // MB} MB short" in alert.message
+    assert result.short_bytes == 256 * KB
+    assert "1 MB short" in alert.message and "仍缺 1 MB" in alert.message  # rounded up
 
     # room again (a bigger disk): the alert clears
     disk.capacity = 10 * MB
