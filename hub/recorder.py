@@ -30,7 +30,7 @@ import cv2
 
 from hub.alerts import AlertBoard, Severity
 from hub.camera_copy import CopyWorker, count_video_packets
-from hub.camera_opencv import Image, OpenCvWorker
+from hub.camera_opencv import MIN_FREE_BYTES, Image, OpenCvWorker
 from hub.camera_worker import (
     CameraStats,
     CaptureSettings,
@@ -74,6 +74,18 @@ class DeviceReporter(Protocol):
         self, agent_id: str, device_id: str, metrics: dict[str, float]
     ) -> None:
         """A camera's health figures."""
+
+
+def writer_min_free_bytes(headroom_mb: float) -> int:
+    """Free space below which the OpenCV writer pauses instead of starting a segment.
+
+    Below the configured headroom retention makes room, so the writer must not give up before
+    retention acts: a fixed 64 MB stop with ``headroom_mb`` under 64 stopped the camera for good
+    ("disk full") while retention saw nothing to do. Half the headroom (room left for the
+    sweep to act), 256 kB at least, 64 MB at most.
+    """
+    half = int(headroom_mb * 1024 * 1024) // 2
+    return min(MIN_FREE_BYTES, max(256 * 1024, half))
 
 
 def video_agent_id(venue: str) -> str:
@@ -191,7 +203,12 @@ class Recorder:
                 worker = CopyWorker(cam.config, self.settings, self, cam.stats)
             else:
                 worker = OpenCvWorker(
-                    cam.config, self.settings, self, cam.stats, on_frame=self._frame_hook(cam)
+                    cam.config,
+                    self.settings,
+                    self,
+                    cam.stats,
+                    on_frame=self._frame_hook(cam),
+                    min_free_bytes=writer_min_free_bytes(self.config.headroom_mb),
                 )
             try:
                 await worker.run()
