@@ -154,7 +154,9 @@ def _cmd_bench_calls(args: argparse.Namespace) -> int:
 def _cmd_bench_video(args: argparse.Namespace) -> int:
     from bench.recorder import main as video_main
 
-    return video_main(args.rest)
+    argv = ["--seconds", str(args.seconds), "--copy-cameras", str(args.copy_cameras)]
+    argv += ["--opencv-cameras", str(args.opencv_cameras)] + (["--no-live"] if args.no_live else [])
+    return video_main(argv)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -206,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("calls", help="queue call -> LED panel latency (options: --help)")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.call_latency")
     b.set_defaults(func=_cmd_bench_calls)
-    b = bench.add_parser("video", help="recorder capacity and CPU, live feed (options: --help)")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.recorder")
+    b = bench.add_parser("video", help="recorder capacity and CPU, live-feed latency")
+    b.add_argument("--seconds", type=float, default=30.0, help="steady window per capture path")
+    b.add_argument("--copy-cameras", type=int, default=16, help="1080p25 H.264 cameras (0: skip)")
+    b.add_argument("--opencv-cameras", type=int, default=4, help="720p25 MJPEG cameras (0: skip)")
+    b.add_argument("--no-live", action="store_true", help="skip the live-feed latency")
     b.set_defaults(func=_cmd_bench_video)
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
