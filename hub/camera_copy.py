@@ -65,6 +65,9 @@ def ffmpeg_copy_args(camera: CameraConfig, settings: CaptureSettings, out_dir: P
     args += ["-i", camera.url, "-map", "0:v", "-map", "0:a?", "-c", "copy"]
     args += ["-f", "segment", "-segment_time", f"{settings.segment_s:g}", "-reset_timestamps", "1"]
     args += ["-segment_format", _FORMAT[container]]
+    # every packet reaches the file at once: with the 32 kB output buffer a low-bitrate camera's
+    # open segment stayed empty on disk for seconds, and a kill -9 lost all of it
+    args += ["-flush_packets", "1"]
     if container == "mp4":  # fragmented: every fragment is playable after a crash
         args += ["-segment_format_options", "movflags=+frag_keyframe+empty_moov+default_base_moof"]
     args += ["-segment_list", str(out_dir / SEGMENT_LIST), "-segment_list_type", "csv"]
