@@ -150,6 +150,7 @@ class Recorder:
         self._indexing: set[asyncio.Future[None]] = set()
         self.index_failures = 0
         self.segments_indexed = 0
+        self.outages = 0
 
     # lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -178,6 +179,16 @@ class Recorder:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info("recorder stopped segments_indexed=%d", self.segments_indexed)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals for the demo and the CLI."""
+        return {
+            "cameras": len(self._cameras),
+            "segments_indexed": self.segments_indexed,
+            "index_failures": self.index_failures,
+            "outages": self.outages,
+            "frames_received": {c: cam.stats.frames_received for c, cam in self._cameras.items()},
+        }
 
     def camera_ids(self) -> list[str]:
         """The configured cameras."""
@@ -278,6 +289,7 @@ class Recorder:
         if cam.down_since_ms is not None:
             return
         cam.down_since_ms = at_ms
+        self.outages += 1
         log.warning("camera down camera=%s since_ms=%d reason=%s", camera.id, at_ms, reason)
         self.live.update(camera.id, state="offline", recording=False, offline_since_ms=at_ms)
         self._report_state(cam, reason)
@@ -349,7 +361,10 @@ class Recorder:
         for path in leftovers:
             st = await asyncio.to_thread(path.stat)
             if st.st_size == 0:
-                log.info("empty leftover segment kept out of the index path=%s", path)
+                # no byte of video: nothing to keep, and left there a later verify would report
+                # it as a file no chain entry knows (ADDED)
+                log.info("empty leftover segment removed path=%s", path)
+                await asyncio.to_thread(path.unlink, missing_ok=True)
                 continue
             frames = await asyncio.to_thread(count_video_packets, path)
             end_ms = int(st.st_mtime * 1000)
