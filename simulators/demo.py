@@ -260,4 +260,6 @@ def _summary(runtime: HubRuntime, court: SimulatedCourt) -> dict[str, Any]:
     summary: dict[str, Any] = {key: stats.get(key) for key in SUMMARY_KEYS}
     summary.update({k: v for k, v in stats.items() if k not in summary})
     summary["court"] = court.summary()
+    if runtime.video is not None:
+        summary["recorder"] = runtime.video.recorder.summary()
     return summary

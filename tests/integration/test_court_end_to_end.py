@@ -188,12 +188,18 @@ def test_demo_runs_and_ends_with_a_json_summary(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "courthub demo is running" in proc.stdout
-    assert summary["agents_online"] == summary["agents_total"] == 4
+    # 4 venue agents and 3 hub-side "video-<venue>" agents holding the recorded cameras
+    assert summary["agents_online"] == summary["agents_total"] == 7
     # devices either online or reporting their own fault (a jammed kiosk printer); none lost
     assert summary["devices_offline"] == 0 and summary["devices_stale"] == 0, summary
     assert summary["devices_online"] + summary["devices_fault"] == summary["devices_total"]
-    # 3 kiosks, 9 sensors, 4 agents, 3 window LEDs + board, the hall's ticket printer
-    assert summary["devices_total"] == 21
+    # 3 kiosks, 9 sensors, 4 agents, 3 window LEDs + board, the hall's ticket printer, 4 cameras
+    assert summary["devices_total"] == 25
+    # every camera recorded, and the camera cut for 5 s made one outage (a gap, an alert)
+    recorder = summary["recorder"]
+    assert recorder["segments_indexed"] >= recorder["cameras"] == 4, recorder
+    assert all(n > 0 for n in recorder["frames_received"].values()), recorder
+    assert recorder["outages"] >= 1 and recorder["index_failures"] == 0, recorder
     # the hall works: kiosks got tickets, clerks called them, the LED panels showed the calls
     assert summary["court"]["kiosk"]["tickets"] > 0
     assert summary["clerks"]["called"] > 0
