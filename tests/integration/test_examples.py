@@ -16,6 +16,11 @@ def test_example_hub_config_loads() -> None:
     config = load_hub_config(EXAMPLES / "hub.toml")
     assert config.broker.mode == "own"
     assert {a.username for a in config.broker.accounts} >= {"hall-1", "court-1"}
+    # the example court's cameras are the ones the example hub records
+    scenario = load_scenario(EXAMPLES / "court.toml")
+    ports = {c.id: c.port for v in scenario.venues for c in v.cameras}
+    for camera in config.recorder.cameras:
+        assert f":{ports[camera.id]}/" in camera.url
 
 
 def test_example_venue_config_loads(tmp_path: Path) -> None:
