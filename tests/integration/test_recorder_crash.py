@@ -66,8 +66,11 @@ def to_toml(config: dict[str, object]) -> str:
 def segment_counts(db: Path) -> dict[str, int]:
     if not db.exists():
         return {}
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return dict(conn.execute("SELECT camera, COUNT(*) FROM segments GROUP BY camera"))
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return dict(conn.execute("SELECT camera, COUNT(*) FROM segments GROUP BY camera"))
+    except sqlite3.OperationalError:  # the hub is still creating the schema
+        return {}
 
 
 def open_segments(storage: Path, camera: str, *, with_data: bool = True) -> list[Path]:
