@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from hub.app import HubRuntime, VideoParts, run_hub
 from hub.config import HubConfig, hub_config_from_dict
 from hub.recording_index import SegmentRecord
 from simulators.camera import CameraSimConfig, SimulatedCamera
-
-T = TypeVar("T")
 
 WIDTH, HEIGHT, FPS = 320, 240, 10.0
 VENUE = "court-1"
@@ -92,12 +90,8 @@ def video_of(runtime: HubRuntime) -> VideoParts:
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
-    *,
-    timeout: float,
-    what: str,
-    every: float = 0.2,
-) -> T:
+    probe: Callable[[], Any], *, timeout: float, what: str, every: float = 0.2
+) -> Any:
     """Poll ``probe`` (sync or async) until it returns something truthy; fail after ``timeout``."""
     last: Any = None
     try:
@@ -108,7 +102,7 @@ async def wait_for(
                     value = await value
                 last = value
                 if value:
-                    return value  # type: ignore[return-value]
+                    return value
                 await asyncio.sleep(every)
     except TimeoutError:
         raise AssertionError(
@@ -125,7 +119,10 @@ async def wait_segments(
         rows = [s for s in await video.index.segments(camera=camera) if s.start_ms >= after_ms]
         return rows if len(rows) >= count else None
 
-    return await wait_for(enough, timeout=timeout, what=f"{count} segments of {camera}")
+    rows: list[SegmentRecord] = await wait_for(
+        enough, timeout=timeout, what=f"{count} segments of {camera}"
+    )
+    return rows
 
 
 def ffprobe(path: Path) -> dict[str, Any]:

@@ -65,8 +65,8 @@ async def test_two_cameras_recorded_into_verified_segments_with_health(
             wait_segments(video, MJPEG_CAM, 4), wait_segments(video, H264_CAM, 4)
         )
 
-        def health() -> dict[str, float] | None:
-            both = {}
+        def health() -> dict[str, dict[str, float]] | None:
+            both: dict[str, dict[str, float]] = {}
             for cam in (MJPEG_CAM, H264_CAM):
                 device = runtime.service.registry.device(video_agent_id(VENUE), cam)
                 if device is None or device.metrics.get("received_fps", 0) <= 0:
