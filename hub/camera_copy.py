@@ -35,6 +35,7 @@ from hub.camera_worker import (
 )
 from hub.child_process import preexec, stop_process
 from hub.recorder_config import CameraConfig
+from hub.ts_frames import count_ts_video_frames
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class CopyWorker:
         self.settings = settings
         self.sink = sink
         self.stats = stats
-        self._count_frames = count_frames or count_video_packets
+        self._count_frames = count_frames or count_frames_in
         self._dir = incoming_dir(settings.storage_root, camera.id)
         self._last_error = ""
 
@@ -307,6 +308,15 @@ def _times_from_file(path: Path, fps: float, frames: int) -> tuple[int, int]:
     end_ms = int(st.st_mtime * 1000)
     duration_ms = int(frames / fps * 1000) if fps > 0 else 0
     return end_ms - duration_ms, end_ms
+
+
+def count_frames_in(path: Path) -> int:
+    """Frames of a segment: read from MPEG-TS headers (cheap), else counted by ffprobe."""
+    if path.suffix == ".ts":
+        frames = count_ts_video_frames(path)
+        if frames is not None:
+            return frames
+    return count_video_packets(path)
 
 
 def count_video_packets(path: Path) -> int:

@@ -90,8 +90,9 @@ class OpenCvWorker:
         self.min_free_bytes = min_free_bytes
         self._dir = incoming_dir(settings.storage_root, camera.id)
         self._zone = zoneinfo.ZoneInfo(settings.timezone)
-        # a second of frames: the writer may lag that much before frames are dropped
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(2, int(camera.fps)))
+        # two seconds of frames: the writer may lag that much (a busy disk, a CPU burst from
+        # another camera) before frames are dropped and counted
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(4, int(2 * camera.fps)))
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._disk_full = False

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import cv2
 
 from hub.alerts import AlertBoard, Severity
-from hub.camera_copy import CopyWorker, count_video_packets
+from hub.camera_copy import CopyWorker, count_frames_in
 from hub.camera_opencv import MIN_FREE_BYTES, Image, OpenCvWorker
 from hub.camera_worker import (
     CameraStats,
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 #: a still frame for the wall is refreshed this often even when nobody watches (OpenCV path)
 STILL_EVERY_S = 2.0
+#: a stream-copy camera's still is decoded from a closed segment at most this often (a 1080p
+#: keyframe decode costs ~0.17 s of CPU: for every segment of 16 cameras, a quarter of a core)
+STILL_COPY_EVERY_S = 60.0
 JPEG_QUALITY = 75
 
 
@@ -107,6 +110,7 @@ class _Camera:
     fault: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_still: float = 0.0
+    last_segment: Path | None = None
     last_live: float = 0.0
     # for rates between two health reports
     prev_at: float = field(default_factory=time.monotonic)
@@ -268,9 +272,9 @@ class Recorder:
         cam.bytes_indexed += record.bytes
         if cam.fault == "disk full":
             self._set_fault(cam, "")
-        if cam.config.capture_path == "copy" and (
-            cam.transcoder is None or not cam.transcoder.running
-        ):
+        cam.last_segment = dest
+        if self._wants_still(cam):
+            cam.last_still = time.monotonic()
             self._spawn(self._still_from(cam, dest))
 
     def camera_up(self, camera: CameraConfig, at_ms: int) -> None:
@@ -294,6 +298,9 @@ class Recorder:
         self.live.update(camera.id, state="offline", recording=False, offline_since_ms=at_ms)
         self._report_state(cam, reason)
         self._spawn(self._start_outage(cam, at_ms, reason))
+        if cam.config.capture_path == "copy" and cam.last_segment is not None:
+            # the wall's "offline since" tile shows the last picture recorded
+            self._spawn(self._still_from(cam, cam.last_segment))
 
     def camera_fault(self, camera: CameraConfig, reason: str) -> None:
         """Frames arrive but cannot be recorded (disk full, unwritable folder)."""
@@ -366,7 +373,7 @@ class Recorder:
                 log.info("empty leftover segment removed path=%s", path)
                 await asyncio.to_thread(path.unlink, missing_ok=True)
                 continue
-            frames = await asyncio.to_thread(count_video_packets, path)
+            frames = await asyncio.to_thread(count_frames_in, path)
             end_ms = int(st.st_mtime * 1000)
             start_ms = end_ms - int(frames / cam.config.fps * 1000)
             log.warning("recovering segment left by a crash camera=%s path=%s", cam.config.id, path)
@@ -431,6 +438,15 @@ class Recorder:
                 channel.publish_threadsafe(jpeg.tobytes(), ts_ms)
 
         return on_frame
+
+    def _wants_still(self, cam: _Camera) -> bool:
+        """A stream-copy camera nobody watches: refresh its wall still now and then."""
+        if cam.config.capture_path != "copy" or cam.channel is None:
+            return False
+        if cam.transcoder is not None and cam.transcoder.running:
+            return False  # live frames flow
+        never = cam.channel.latest() is None
+        return never or time.monotonic() - cam.last_still >= STILL_COPY_EVERY_S
 
     async def _still_from(self, cam: _Camera, path: Path) -> None:
         jpeg = await asyncio.to_thread(still_from_segment, path, self.config.live_width)
