@@ -2,8 +2,10 @@
 
 These cameras send frames, not an H.264 stream, so there is nothing to stream-copy: frames are
 decoded by ``cv2.VideoCapture``, stamped with a burnt-in time code and written by
-``cv2.VideoWriter`` as MJPG ``.avi`` (measured: an MJPG AVI keeps every frame written before a
-``kill -9``; an ``mp4v`` MP4 keeps none), or piped to ffmpeg's libx264 when ``encode = "x264"``.
+``cv2.VideoWriter`` as MJPG ``.avi`` (an MJPG AVI stays playable after a ``kill -9``; an
+``mp4v`` MP4 keeps nothing), or piped to ffmpeg's libx264 when ``encode = "x264"``. OpenCV's AVI
+writer buffers 256 kB, so a ``kill -9`` loses the open segment's unflushed tail: a few frames at
+1080p, up to ~3 s at 320x240 (measured by tests/integration/test_recorder_crash.py).
 
 Two threads per camera, so a slow disk never stalls the camera's connection:
 
