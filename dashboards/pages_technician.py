@@ -4,7 +4,9 @@ Each device is a card: state (colour *and* icon), last seen as a ticking age, mo
 bad-message count, latest metrics, and one button per capability that runs the command through
 the hub (``POST /api/v1/devices/{agent}/{device}/commands``) and shows its outcome on the card.
 The page renders the registry as it is now; ``static/technician.js`` keeps it current over the
-live socket (topics ``devices``, ``telemetry``, ``alerts``).
+live socket (topics ``devices``, ``telemetry``, ``alerts``). When the hub has an alert board, an
+alerts panel tops the page (``static/alerts.js`` polls ``GET /api/v1/alerts``); it starts from
+the board's state embedded in the page.
 
 | route              | roles             |
 |--------------------|-------------------|
@@ -17,7 +19,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -26,6 +28,7 @@ from dashboards.auth import Role
 from dashboards.i18n import Translator
 from dashboards.live import Topic
 from dashboards.pages import RENDERER_KEY
+from dashboards.recordings_api import RECORDINGS_KEY
 from dashboards.routes import Route
 from hub.registry import AgentRecord, DeviceRecord, HealthState, Registry
 from protocol.messages import VenueKind
@@ -39,6 +42,10 @@ VENUE_ORDER: Final = tuple(kind.value for kind in VenueKind)
 STATE_ORDER: Final = (HealthState.OFFLINE, HealthState.FAULT, HealthState.STALE, HealthState.ONLINE)
 #: metrics shown on a card, at most (a driver may report dozens)
 MAX_METRICS: Final = 8
+#: alerts embedded in the page for the panel's first paint (the API's own history is longer)
+ALERTS_HISTORY: Final = 50
+#: how often the alerts panel asks ``GET /api/v1/alerts`` (read per page, so tests can shorten it)
+ALERTS_POLL_MS = 4000
 LIVE_TOPICS: Final = (Topic.DEVICES.value, Topic.TELEMETRY.value, Topic.ALERTS.value)
 #: the state reasons the hub and the drivers give, in English, and their catalog keys. A pattern
 #: matches a whole reason (or one part of a ", "-joined list); its group, if any, is ``{n}``. The
@@ -191,8 +198,22 @@ def state_counts(devices: Iterable[DeviceView]) -> dict[str, int]:
     return counts
 
 
+async def alerts_snapshot(request: web.Request) -> dict[str, Any] | None:
+    """What ``GET /api/v1/alerts`` answers now, for the panel's first paint; None when the hub
+    has no alert board (then the page has no panel and polls nothing)."""
+    recordings = request.config_dict.get(RECORDINGS_KEY)
+    board = recordings.alerts if recordings is not None else None
+    if board is None:
+        return None
+    history = await board.history(limit=ALERTS_HISTORY)
+    return {
+        "active": [a.to_json() for a in board.active()],
+        "history": [a.to_json() for a in history],
+    }
+
+
 async def technician_page(request: web.Request) -> web.Response:
-    """The device grid."""
+    """The device grid, under the alerts panel."""
     service = request.app[SERVICE_KEY]
     venues = venue_views(service.registry)
     renderer = request.app[RENDERER_KEY]
@@ -211,6 +232,8 @@ async def technician_page(request: web.Request) -> web.Response:
         reason_text=reason_text,
         reason_rules=REASON_RULES,
         venue_order=VENUE_ORDER,
+        alerts=await alerts_snapshot(request),
+        alerts_poll_ms=ALERTS_POLL_MS,
     )
 
 
