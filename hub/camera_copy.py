@@ -265,9 +265,12 @@ class CopyWorker:
                 return
         self.stats.segments_closed += 1
         self.stats.last_segment_end_ms = end_ms
-        await self.sink.segment_closed(
-            ClosedSegment(self.camera, path, start_ms, end_ms, frames, recovered=recovered)
+        # ffmpeg's last write to the file is when it closed it (the poll and count came after)
+        closed_ms = int(await asyncio.to_thread(lambda: path.stat().st_mtime * 1000))
+        segment = ClosedSegment(
+            self.camera, path, start_ms, end_ms, frames, recovered=recovered, closed_ms=closed_ms
         )
+        await self.sink.segment_closed(segment)
 
 
 def _int(value: str | None) -> int:

@@ -89,6 +89,8 @@ class ClosedSegment:
     frames: int
     #: the file was not closed by its writer (the hub or the writer died): indexed as recovered
     recovered: bool = False
+    #: when the writer closed it (UTC ms): the index reports how long hashing it took
+    closed_ms: int = field(default_factory=now_ms)
 
 
 class RecorderSink(Protocol):

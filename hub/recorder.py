@@ -118,6 +118,8 @@ class _Camera:
     prev_written: int = 0
     prev_bytes: int = 0
     bytes_indexed: int = 0
+    index_lag_s: float = 0.0
+    index_lag_max_s: float = 0.0
 
 
 class Recorder:
@@ -192,6 +194,8 @@ class Recorder:
             "index_failures": self.index_failures,
             "outages": self.outages,
             "frames_received": {c: cam.stats.frames_received for c, cam in self._cameras.items()},
+            # the slowest close → hashed-into-the-chain of any segment since start
+            "index_lag_max_s": max((c.index_lag_max_s for c in self._cameras.values()), default=0),
         }
 
     def camera_ids(self) -> list[str]:
@@ -270,6 +274,11 @@ class Recorder:
             return
         self.segments_indexed += 1
         cam.bytes_indexed += record.bytes
+        if not segment.recovered:
+            # closed → chained: the evidence promise is "within 1 s" (the worst one is kept)
+            lag_s = max(0.0, (now_ms() - segment.closed_ms) / 1000)
+            cam.index_lag_s = lag_s
+            cam.index_lag_max_s = max(cam.index_lag_max_s, lag_s)
         if cam.fault == "disk full":
             self._set_fault(cam, "")
         cam.last_segment = dest
@@ -525,6 +534,8 @@ class Recorder:
             "reconnects_1h": float(stats.reconnects_last_hour()),
             "segment_age_s": round((now_ms() - last_end) / 1000, 1) if last_end else -1.0,
             "bytes_per_s": round(rate, 1),
+            # seconds from a segment's close to its hash in the chain (last one)
+            "index_lag_s": round(cam.index_lag_s, 3),
             "recording": 1.0 if cam.task is not None and state == 1.0 else 0.0,
             # numeric state code: 0 offline, 1 online, 2 fault (telemetry is numbers only)
             "state": state,
