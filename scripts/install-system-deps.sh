@@ -2,6 +2,7 @@
 # Install the system packages courthub needs, where apt exists; idempotent and quiet when done.
 #   mosquitto, mosquitto-clients  the broker the hub owns, and its C clients (benchmark ceiling)
 #   ffmpeg                        video recording (stream copy) and H.264 encoding
+#   gir1.2-gst-rtsp-server-1.0, python3-gi, gstreamer1.0-plugins-{base,good,bad}  RTSP camera sim
 #   socat                         named pty pairs for serial devices
 #   openssl                       test certificates
 #   chromium, fonts-noto-cjk      browser tests of the web console (Chinese UI text)
@@ -12,6 +13,7 @@ WANTED=(
   "mosquitto:mosquitto"
   "mosquitto-clients:mosquitto_pub"
   "ffmpeg:ffmpeg"
+  "gir1.2-gst-rtsp-server-1.0:dpkg:gir1.2-gst-rtsp-server-1.0" "python3-gi:dpkg:python3-gi" "gstreamer1.0-plugins-base:dpkg:gstreamer1.0-plugins-base" "gstreamer1.0-plugins-good:dpkg:gstreamer1.0-plugins-good" "gstreamer1.0-plugins-bad:dpkg:gstreamer1.0-plugins-bad"
   "socat:socat"
   "openssl:openssl"
   "chromium:chromium"

@@ -1,4 +1,4 @@
-"""Simulated IP cameras: MJPEG over HTTP and H.264 (MPEG-TS) over HTTP, with fault injection.
+"""Simulated IP cameras: MJPEG over HTTP and H.264/H.265 (MPEG-TS) over HTTP, with fault injection.
 
 A :class:`SimulatedCamera` renders synthetic frames (a sweeping bar over a gradient, the camera
 name, a burnt-in UTC clock with milliseconds and a frame counter) on an absolute schedule and
@@ -13,6 +13,9 @@ serves them like an IP camera:
   first bytes decode. With
   :attr:`CameraSimConfig.source_file` ffmpeg loops an existing clip (``-re -stream_loop -1
   -c copy``) instead of encoding live, for benchmarks with many 1080p streams.
+- ``h265``: the same with libx265 (HEVC in MPEG-TS), for recorders that must not assume H.264.
+
+RTSP cameras are in :mod:`simulators.rtsp_camera`.
 
 Faults (for the simulated court and the recorder's tests): :meth:`~SimulatedCamera.stall`,
 :meth:`~SimulatedCamera.resume`, :meth:`~SimulatedCamera.disconnect`,
@@ -44,7 +47,8 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-Codec = Literal["mjpeg", "h264"]
+Codec = Literal["mjpeg", "h264", "h265"]
+VideoCodec = Literal["h264", "h265"]
 Frame = npt.NDArray[np.uint8]
 
 BOUNDARY: Final = "frame"
@@ -76,15 +80,15 @@ class CameraSimConfig:
     #: 0 picks a free port
     port: int = 0
     jpeg_quality: int = 80
-    #: h264 only: loop this H.264 MPEG-TS/MP4 clip (``-re -stream_loop -1 -c copy``) instead of
+    #: h264/h265 only: loop this H.264/H.265 MPEG-TS/MP4 clip (``-re -stream_loop -1 -c copy``) instead of
     #: encoding live
     source_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("camera name must not be empty")
-        if self.codec not in ("mjpeg", "h264"):
-            raise ValueError(f"unknown codec {self.codec!r} (known: mjpeg, h264)")
+        if self.codec not in ("mjpeg", "h264", "h265"):
+            raise ValueError(f"unknown codec {self.codec!r} (known: mjpeg, h264, h265)")
         # even sizes: libx264 encodes yuv420p, which halves both dimensions for chroma
         if not (16 <= self.width <= 7680 and 16 <= self.height <= 4320):
             raise ValueError(f"frame size {self.width}x{self.height} out of range")
@@ -95,8 +99,8 @@ class CameraSimConfig:
             raise ValueError(f"jpeg_quality {self.jpeg_quality} not in 1..100")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range")
-        if self.source_file is not None and self.codec != "h264":
-            raise ValueError("source_file is only for codec='h264'")
+        if self.source_file is not None and self.codec == "mjpeg":
+            raise ValueError("source_file is only for codec='h264' or 'h265'")
 
 
 def _check_fps(fps: float) -> None:
@@ -203,7 +207,7 @@ class SimulatedCamera:
 
     @property
     def ffmpeg_pid(self) -> int | None:
-        """The pid of this camera's ffmpeg (h264), or None."""
+        """The pid of this camera's ffmpeg (h264/h265), or None."""
         return self._proc.pid if self._proc is not None else None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -534,7 +538,7 @@ def keyframe_entry(tail: bytes, chunk: bytes) -> bytes | None:
 
 
 def ffmpeg_command(config: CameraSimConfig) -> list[str]:
-    """The ffmpeg command line of an H.264 camera (MPEG-TS on stdout)."""
+    """The ffmpeg command line of an H.264/H.265 camera (MPEG-TS on stdout)."""
     head = ["ffmpeg", "-hide_banner", "-loglevel", "error"]
     tail = ["-f", "mpegts", "-flush_packets", "1", "-"]
     if config.source_file is not None:
@@ -550,7 +554,23 @@ def ffmpeg_command(config: CameraSimConfig) -> list[str]:
         "-use_wallclock_as_timestamps", "1",
         "-i", "-",
     ]  # fmt: skip
-    return [*head, *raw_in, "-an", *_x264_args(config.fps), "-fps_mode", "passthrough", *tail]
+    assert config.codec != "mjpeg", "mjpeg cameras encode with OpenCV"
+    encode = encoder_args(config.codec, config.fps)
+    return [*head, *raw_in, "-an", *encode, "-fps_mode", "passthrough", *tail]
+
+
+def encoder_args(codec: VideoCodec, fps: float) -> list[str]:
+    """ffmpeg output options encoding ``codec`` live, with a keyframe every second."""
+    if codec == "h264":
+        return _x264_args(fps)
+    gop = str(max(1, round(fps)))
+    return [
+        "-c:v", "libx265", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+        "-g", gop, "-force_key_frames", "expr:gte(t,n_forced*1)",
+        # x265 prints its banner and statistics to stderr whatever ffmpeg's -loglevel says;
+        # repeat-headers puts VPS/SPS/PPS before every keyframe, so a late joiner can decode
+        "-x265-params", "log-level=error:repeat-headers=1",
+    ]  # fmt: skip
 
 
 def _x264_args(fps: float) -> list[str]:
@@ -631,14 +651,14 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m simulators.camera --name cam --codec h264 --port 8554``: serve one camera."""
     parser = argparse.ArgumentParser(prog="python -m simulators.camera", description=__doc__)
     parser.add_argument("--name", default="sim-cam")
-    parser.add_argument("--codec", choices=("mjpeg", "h264"), default="mjpeg")
+    parser.add_argument("--codec", choices=("mjpeg", "h264", "h265"), default="mjpeg")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--jpeg-quality", type=int, default=80)
-    parser.add_argument("--source-file", type=Path, help="h264: loop this clip instead")
+    parser.add_argument("--source-file", type=Path, help="h264/h265: loop this clip instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
