@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import subprocess
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from hub.camera_worker import now_ms
 from hub.child_process import preexec, stop_process
@@ -58,13 +60,18 @@ class LiveTranscoder:
         if not self.running:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
-        """Stop decoding and wait for ffmpeg to end."""
+    def stop(self) -> Coroutine[Any, Any, None]:
+        """Stop decoding now; await the result to wait for ffmpeg to end.
+
+        The decoder is cancelled when this is *called*, not when the returned coroutine first
+        runs: a last viewer's ``spawn(stop())`` followed in the same loop turn by a new viewer's
+        :meth:`start` must not cancel the new viewer's decoder (it did when ``stop`` was a plain
+        ``async def``: ``start`` saw the old task still running, then ``stop`` cancelled it).
+        """
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return _wait_cancelled(task)
 
     async def _run(self) -> None:
         while True:
@@ -93,6 +100,13 @@ class LiveTranscoder:
                 self.channel.publish(jpeg, now_ms())
         finally:
             await stop_process(proc, grace_s=1.0)
+
+
+async def _wait_cancelled(task: asyncio.Task[None] | None) -> None:
+    """Wait until a cancelled decoder task (and its ffmpeg) has ended."""
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def read_mpjpeg_part(stream: asyncio.StreamReader) -> bytes | None:
