@@ -390,6 +390,10 @@ async def test_a_cut_camera_turns_offline_and_comes_back(
         await expect(img).to_be_visible()
         await wait_for(lambda: shows_picture(img), "the last still shows")
         await wait_for(lambda: alerts.is_active(key), f"the alert {key} is raised")
+        # the other courtroom camera is not affected
+        await expect(tile(page, H264_CAM)).to_have_attribute("data-state", "online")
+        await expect(tile(page, H264_CAM)).to_have_attribute("data-picture", "live")
+        assert not alerts.is_active(f"camera-lost:{H264_CAM}")
     finally:
         camera.refuse(False)
     # back: live again, the alert cleared
