@@ -207,6 +207,11 @@ class Recorder:
         cam = self._cameras.get(camera_id)
         return cam.stats if cam else None
 
+    def live_transcoder(self, camera_id: str) -> LiveTranscoder | None:
+        """The on-demand live decoder of a stream-copy camera (None for OpenCV cameras)."""
+        cam = self._cameras.get(camera_id)
+        return cam.transcoder if cam else None
+
     def status(self) -> list[dict[str, Any]]:
         """Per-camera state and health figures for the API."""
         return [

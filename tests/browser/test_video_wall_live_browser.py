@@ -287,11 +287,11 @@ async def test_a_commander_watches_the_courtroom_cameras_live(
 ) -> None:
     wall = live_wall
     # before anybody watches, the H.264 camera's wall picture is a still of a closed segment
-    h264 = wall.video.recorder._cameras[H264_CAM]
+    transcoder = wall.video.recorder.live_transcoder(H264_CAM)
     channel = wall.video.live.channel(H264_CAM)
-    assert channel is not None and h264.transcoder is not None
+    assert channel is not None and transcoder is not None
     await wait_for(lambda: channel.latest() is not None, "a still of the H.264 camera")
-    assert h264.transcoder.frames == 0 and not h264.transcoder.running
+    assert transcoder.frames == 0 and not transcoder.running
     page, traffic = await open_page()
     await sign_in_to_wall(page, wall, COMMANDER)
     # the courtroom's two cameras; the interrogation room is for judges only
@@ -305,8 +305,8 @@ async def test_a_commander_watches_the_courtroom_cameras_live(
     # through the transcoder the hub started because somebody watches
     for camera in COURT_CAMS:
         await expect_moving_picture(page, camera)
-    assert h264.transcoder.running
-    assert h264.transcoder.frames > 0
+    assert transcoder.running
+    assert transcoder.frames > 0
     assert len(live_decoders(wall.cameras[H264_CAM].url)) == 1
     # REC once each camera has recorded segments
     for camera in COURT_CAMS:
@@ -326,7 +326,6 @@ async def test_a_commander_watches_the_courtroom_cameras_live(
     assert sorted(await feeds_started(wall, COMMANDER)) == opened
     # the commander leaves: the H.264 camera's live decoder stops
     await page.context.close()
-    transcoder = h264.transcoder
     await wait_for(lambda: not transcoder.running, "the live transcoder stops")
     await wait_for(lambda: not live_decoders(wall.cameras[H264_CAM].url), "no live ffmpeg is left")
     assert channel.viewers == 0
@@ -409,7 +408,7 @@ async def test_a_viewer_right_after_the_last_one_keeps_the_h264_picture(
     """The last viewer leaving and a new one arriving in the same loop turn (a page reload, a
     tile switching still → live) must leave the transcoder running for the new viewer."""
     channel = live_wall.video.live.channel(H264_CAM)
-    transcoder = live_wall.video.recorder._cameras[H264_CAM].transcoder
+    transcoder = live_wall.video.recorder.live_transcoder(H264_CAM)
     assert channel is not None and transcoder is not None
     await wait_for(lambda: channel.viewers == 0, "nobody watches the H.264 camera")
     async with channel.viewer() as first:
