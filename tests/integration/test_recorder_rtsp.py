@@ -1,6 +1,7 @@
 """The stream-copy recorder (CopyWorker, real ffmpeg) records RTSP cameras and H.265 cameras:
 segments that ffprobe reads as h264/hevc with frames; an RTSP camera that loses power is
-reported down and, once it serves again, up, with new segments."""
+reported down and, once it serves again, up, with new segments; a stalled one (session open, no
+frames) likewise."""
 
 from __future__ import annotations
 
@@ -176,5 +177,34 @@ async def test_rtsp_camera_cut_is_down_then_up_with_new_segments(tmp_path: Path)
             )
             info = await asyncio.to_thread(ffprobe, fresh[0].path)
             assert info["codec_name"] == "h264" and info["nb_read_frames"] > 0, info
+    finally:
+        await camera.stop()
+
+
+async def test_rtsp_camera_stall_is_down_then_up_on_resume(tmp_path: Path) -> None:
+    camera = SimulatedRtspCamera("court-1-cam-9", WIDTH, HEIGHT, FPS, "h265")
+    url = await camera.start()
+    try:
+        async with recording(tmp_path, "rtsp-stall", url) as sink:
+            await wait_for(sink.with_frames, timeout=20, what="a first segment")
+            camera.stall()  # the session stays open, no frames arrive
+            await wait_for(
+                lambda: [e for e in sink.events if e.kind == "down"],
+                timeout=15,
+                what="camera_down while stalled",
+            )
+            assert sink.kinds().count("up") == 1, sink.events
+            camera.resume()
+            back_ms = now_ms()
+            await wait_for(
+                lambda: sink.kinds().count("up") == 2, timeout=20, what="camera_up after resume"
+            )
+            fresh = await wait_for(
+                lambda: sink.with_frames(after_ms=back_ms),
+                timeout=20,
+                what="a segment recorded after the resume",
+            )
+            info = await asyncio.to_thread(ffprobe, fresh[0].path)
+            assert info["codec_name"] == "hevc" and info["nb_read_frames"] > 0, info
     finally:
         await camera.stop()
