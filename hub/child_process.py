@@ -34,15 +34,22 @@ def preexec() -> Callable[[], None] | None:
 
 
 async def stop_process(proc: asyncio.subprocess.Process, *, grace_s: float = 3.0) -> int | None:
-    """Ask ``proc`` to finish (SIGTERM: ffmpeg closes its current file), kill it after ``grace_s``."""
+    """Ask ``proc`` to finish (SIGTERM: ffmpeg closes its current file), kill it after ``grace_s``.
+
+    ffmpeg blocked in a network read (a stalled camera) only notices the *second* SIGTERM (its
+    interrupt callback counts signals), so a second one follows after half a second; it still
+    finishes the open segment cleanly.
+    """
     if proc.returncode is not None:
         return proc.returncode
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        return await asyncio.wait_for(proc.wait(), grace_s)
-    except TimeoutError:
-        log.warning("child did not stop on SIGTERM, killing pid=%s", proc.pid)
+    for wait_s in (min(0.5, grace_s), max(grace_s - 0.5, 0.1)):
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        return await proc.wait()
+            proc.terminate()
+        try:
+            return await asyncio.wait_for(proc.wait(), wait_s)
+        except TimeoutError:
+            continue
+    log.warning("child did not stop on SIGTERM, killing pid=%s", proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    return await proc.wait()
