@@ -176,6 +176,7 @@ class SimulatedCamera:
         self.url = ""
         self._fps = config.fps
         self._stats = _Stats()
+        self._stopping = False
         self._clients: set[_Client] = set()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -243,6 +244,7 @@ class SimulatedCamera:
 
     async def stop(self) -> None:
         """Stop producing, close every client, kill ffmpeg and stop listening."""
+        self._stopping = True  # the producer then sees its encoder go as expected
         await self._kill_ffmpeg()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
@@ -474,7 +476,8 @@ class SimulatedCamera:
         try:
             await self._paced(produce)
         except (BrokenPipeError, ConnectionResetError):
-            log.error("ffmpeg stdin closed name=%s: encoder gone", self.config.name)
+            if not self._stopping:
+                log.error("ffmpeg stdin closed name=%s: encoder gone", self.config.name)
 
     async def _pump_ts(
         self, proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader
