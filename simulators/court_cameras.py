@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from simulators.camera import CameraSimConfig, SimulatedCamera
+from simulators.rtsp_camera import SimulatedRtspCamera
 from simulators.scenario import CourtScenario, FaultAction
 
 log = logging.getLogger(__name__)
@@ -22,23 +23,30 @@ class CourtCameras:
 
     def __init__(self, scenario: CourtScenario) -> None:
         self.scenario = scenario
-        self.cameras: dict[str, SimulatedCamera] = {}
+        self.cameras: dict[str, SimulatedCamera | SimulatedRtspCamera] = {}
         self._venue: dict[str, tuple[str, str, str, float]] = {}
 
     async def start(self) -> None:
         """Start every camera (their URLs are known afterwards)."""
         for venue in self.scenario.venues:
             for spec in venue.cameras:
-                camera = SimulatedCamera(
-                    CameraSimConfig(
-                        name=spec.id,
-                        codec=spec.codec,
-                        width=spec.width,
-                        height=spec.height,
-                        fps=spec.fps,
-                        port=spec.port,
+                camera: SimulatedCamera | SimulatedRtspCamera
+                if spec.transport == "rtsp":
+                    assert spec.codec != "mjpeg"  # the scenario refuses it
+                    camera = SimulatedRtspCamera(
+                        spec.id, spec.width, spec.height, spec.fps, spec.codec, port=spec.port
                     )
-                )
+                else:
+                    camera = SimulatedCamera(
+                        CameraSimConfig(
+                            name=spec.id,
+                            codec=spec.codec,
+                            width=spec.width,
+                            height=spec.height,
+                            fps=spec.fps,
+                            port=spec.port,
+                        )
+                    )
                 await camera.start()
                 self.cameras[spec.id] = camera
                 self._venue[spec.id] = (venue.venue_id, venue.kind.value, spec.name, spec.fps)
@@ -69,11 +77,16 @@ class CourtCameras:
         camera = self.cameras[camera_id]
         if action is FaultAction.STALL_CAMERA:
             camera.stall()
+        elif isinstance(camera, SimulatedRtspCamera):
+            await camera.cut()
         else:
             camera.refuse(True)
             await camera.disconnect()
         if duration_s > 0:
             await asyncio.sleep(duration_s)
-            camera.refuse(False)
+            if isinstance(camera, SimulatedRtspCamera):
+                await camera.restore()
+            else:
+                camera.refuse(False)
             camera.resume()
             log.info("fault over: camera %s back", camera_id)

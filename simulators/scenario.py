@@ -72,7 +72,9 @@ class CameraSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """A simulated IP camera of a venue; the hub records it (``[[recorder.cameras]]``)."""
 
     id: str
-    codec: Literal["mjpeg", "h264"] = "mjpeg"
+    codec: Literal["mjpeg", "h264", "h265"] = "mjpeg"
+    #: how it serves: HTTP (MJPEG multipart or MPEG-TS) or RTSP (H.264/H.265 only)
+    transport: Literal["http", "rtsp"] = "http"
     name: str = ""
     width: int = 640
     height: int = 360
@@ -215,6 +217,8 @@ def _validate(scenario: CourtScenario) -> CourtScenario:
         for cam in v.cameras:
             if not valid_id(cam.id) or cam.id in cameras:
                 raise ScenarioError(f"camera id {cam.id!r} is not [a-z0-9-]{{1,64}} or used twice")
+            if cam.transport == "rtsp" and cam.codec == "mjpeg":
+                raise ScenarioError(f"camera {cam.id}: RTSP cameras send h264 or h265")
             cameras.add(cam.id)
     for f in scenario.faults:
         agent = f.target.split("/")[0]
@@ -285,7 +289,14 @@ def default_scenario() -> CourtScenario:
                     "name": "执行指挥中心",
                     "sensors": ["env", "ups"],
                     "sensor_interval_s": 2,
-                    "cameras": [{"id": "field-1", "name": "执行现场 Field unit", "codec": "h264"}],
+                    "cameras": [
+                        {
+                            "id": "field-1",
+                            "name": "执行现场 Field unit",
+                            "codec": "h264",
+                            "transport": "rtsp",
+                        }
+                    ],
                 },
             ]
         },
