@@ -40,8 +40,6 @@ issued_at (UTC ms), ticket_id, court_name?, timezone?}, ``print_lines`` {lines},
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,18 +49,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from device_drivers.base import (
-    CommandError,
-    DeviceDescription,
-    DeviceDriver,
-    DeviceSink,
-    UnknownCommand,
-)
+from device_drivers.base import CommandError, DeviceDescription, UnknownCommand
+from device_drivers.serial_device import SerialDeviceDriver, SerialPortOptions
 from device_drivers.serial_link import SerialLink, SerialLinkClosed
 from protocol.errors import BadMessage, BadReason
 from protocol.messages import DeviceStatus
-
-log = logging.getLogger(__name__)
 
 ESC: Final = 0x1B
 FS: Final = 0x1C
@@ -567,23 +558,19 @@ class NoReply(Exception):
 
 
 # --- the driver --------------------------------------------------------------------------
-class EscposPrinterOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[[devices]]`` options of an ``escpos_printer`` device."""
+class EscposPrinterOptions(SerialPortOptions, frozen=True, kw_only=True):
+    """``[[devices]]`` options of an ``escpos_printer`` device (and the serial port's)."""
 
-    port: Annotated[str, msgspec.Meta(min_length=1)]
-    baudrate: Annotated[int, msgspec.Meta(gt=0)] = 9600
     status_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
-    reply_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.5
-    reopen_min_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    reopen_max_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     model: str = "ESC/POS thermal printer (GB18030)"
 
 
-class EscposPrinterDriver(DeviceDriver[EscposPrinterOptions]):
+class EscposPrinterDriver(SerialDeviceDriver[EscposPrinterOptions]):
     """One ESC/POS ticket printer on its own serial port."""
 
     name: ClassVar[str] = "escpos_printer"
     Options: ClassVar[type[msgspec.Struct]] = EscposPrinterOptions
+    label: ClassVar[str] = "escpos printer"
 
     def __init__(self, device_id: str, options: Mapping[str, Any]) -> None:
         super().__init__(device_id, options)
@@ -594,69 +581,23 @@ class EscposPrinterDriver(DeviceDriver[EscposPrinterOptions]):
             heartbeat_s=self.options.status_interval_s,
             extra={"port": self.options.port},
         )
-        self._sink: DeviceSink | None = None
-        self._link: SerialLink | None = None
         self._lock = asyncio.Lock()
-        self._state: tuple[DeviceStatus, str] | None = None
         self._paper_low = False
-        self._wake = asyncio.Event()
 
     @property
-    def description(self) -> DeviceDescription:
-        return self._description
+    def poll_interval_s(self) -> float:
+        return self.options.status_interval_s
 
     # --- running -------------------------------------------------------------------------
-    async def run(self, sink: DeviceSink) -> None:
-        """Poll the printer's status until cancelled; the link reopens a lost port by itself."""
-        self._sink = sink
-        opts = self.options
-        link = SerialLink(
-            opts.port,
-            baudrate=opts.baudrate,
-            reopen_min_s=opts.reopen_min_s,
-            reopen_max_s=opts.reopen_max_s,
-            on_state=self._on_link_state,
-        )
-        self._link = link
-        await link.open()
-        log.info("escpos printer device=%s port=%s", self.device_id, opts.port)
-        try:
-            await link.wait_open(min(opts.reply_timeout_s * 5, 1.0))
-            while True:
-                await self._poll()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), opts.status_interval_s)
-        finally:
-            self._link = None
-            await link.close()
-
-    def _on_link_state(self, is_open: bool, reason: str) -> None:
-        if is_open:
-            self._wake.set()
-        else:
-            self._offline(f"serial port {self.options.port}: {reason}")
-
-    def _offline(self, reason: str) -> None:
+    def _went_offline(self, reason: str) -> None:
+        # the online metric goes to 0 once, when the printer goes offline
         if (
             self._sink is not None
             and self._state is not None
             and self._state[0] != DeviceStatus.OFFLINE
         ):
             self._sink.telemetry({"online": 0.0})
-        self._report_state(DeviceStatus.OFFLINE, reason)
-
-    def _report_state(self, state: DeviceStatus, reason: str = "") -> None:
-        if self._state == (state, reason):
-            return
-        self._state = (state, reason)
-        log.info("escpos printer state device=%s state=%s reason=%r", self.device_id, state, reason)
-        if self._sink is not None:
-            self._sink.set_state(state, reason)
-
-    def _bad_input(self, error: BadMessage) -> None:
-        if self._sink is not None:
-            self._sink.bad_input(error.reason.value, error.detail)
+        super()._went_offline(reason)
 
     def _garbage(self, data: bytes) -> None:
         if data:
@@ -711,10 +652,10 @@ class EscposPrinterDriver(DeviceDriver[EscposPrinterOptions]):
         try:
             status = await self._status()
         except NoReply:
-            self._offline("no status reply")
+            self._went_offline("no status reply")
             raise CommandError(f"the printer on {self.options.port} does not answer") from None
         except SerialLinkClosed:
-            self._offline(f"serial port {self.options.port} is not available")
+            self._went_offline(f"serial port {self.options.port} is not available")
             raise CommandError(f"serial port {self.options.port} is not available") from None
         self._apply(status)
         return status

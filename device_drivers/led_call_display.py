@@ -23,19 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
 
-from device_drivers.base import (
-    CommandError,
-    DeviceDescription,
-    DeviceDriver,
-    DeviceSink,
-    UnknownCommand,
-)
+from device_drivers.base import CommandError, DeviceDescription, UnknownCommand
+from device_drivers.serial_device import ProblemLog, SerialDeviceDriver, SerialPortOptions
 from device_drivers.serial_link import SerialLink, SerialLinkClosed
 from protocol.errors import BadMessage, BadReason
 from protocol.messages import DeviceStatus
@@ -113,7 +108,7 @@ def encode_frame(address: int, command: int, payload: bytes = b"") -> bytes:
     return START + body + bytes((checksum(body), END))
 
 
-class FrameParser:
+class FrameParser(ProblemLog[FrameError]):
     """Incremental decoder: :meth:`feed` bytes, get whole frames.
 
     Bytes before a start marker are skipped, a frame with a wrong end byte or an oversized length
@@ -125,21 +120,11 @@ class FrameParser:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._buffer = bytearray()
-        self.problems: list[FrameError] = []
-        self.bad_count = 0
-
-    def take_problems(self) -> list[FrameError]:
-        problems, self.problems = self.problems, []
-        return problems
 
     def reset(self) -> None:
         self._buffer.clear()
-
-    def _bad(self, error: FrameError) -> None:
-        self.bad_count += 1
-        if len(self.problems) < 100:  # a flood of garbage must not grow memory
-            self.problems.append(error)
 
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buffer
@@ -151,18 +136,18 @@ class FrameParser:
                 keep = 1 if buf[-1] == START[0] else 0  # maybe the first half of a marker
                 skipped = len(buf) - keep
                 if skipped:
-                    self._bad(FrameError(BadReason.BAD_MAGIC, f"skipped {skipped} bytes"))
+                    self._problem(FrameError(BadReason.BAD_MAGIC, f"skipped {skipped} bytes"))
                     del buf[:skipped]
                 break
             if start > 0:
-                self._bad(FrameError(BadReason.BAD_MAGIC, f"skipped {start} bytes"))
+                self._problem(FrameError(BadReason.BAD_MAGIC, f"skipped {start} bytes"))
                 del buf[:start]
             if len(buf) < HEADER:
                 break
             address, command = buf[2], buf[3]
             length = int.from_bytes(buf[4:6], "big")
             if length > MAX_PAYLOAD:
-                self._bad(
+                self._problem(
                     FrameError(BadReason.OVERSIZED, f"length {length} > {MAX_PAYLOAD}", address)
                 )
                 del buf[:2]
@@ -171,7 +156,7 @@ class FrameParser:
             if len(buf) < total:
                 break
             if buf[total - 1] != END:
-                self._bad(
+                self._problem(
                     FrameError(BadReason.BAD_HEADER, f"end byte 0x{buf[total - 1]:02x}", address)
                 )
                 del buf[:2]
@@ -180,7 +165,7 @@ class FrameParser:
             expected, got = checksum(body), buf[total - 2]
             del buf[:total]
             if expected != got:
-                self._bad(
+                self._problem(
                     FrameError(
                         BadReason.BAD_HEADER,
                         f"bad checksum 0x{got:02x} (expected 0x{expected:02x})",
@@ -341,12 +326,9 @@ BUSES: Final = BusRegistry()
 
 
 # --- the driver --------------------------------------------------------------------------
-class LedCallDisplayOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[[devices]]`` options of an ``led_call_display`` device."""
+class LedCallDisplayOptions(SerialPortOptions, frozen=True, kw_only=True):
+    """``[[devices]]`` options of an ``led_call_display`` device (and the serial port's)."""
 
-    #: serial port path, e.g. ``/dev/ttyUSB0`` or ``/dev/serial/by-id/...``
-    port: Annotated[str, msgspec.Meta(min_length=1)]
-    baudrate: Annotated[int, msgspec.Meta(gt=0)] = 9600
     address: Annotated[int, msgspec.Meta(ge=1, le=254)] = 1
     lines: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
     #: line width in bytes (a Chinese character takes 2)
@@ -354,16 +336,15 @@ class LedCallDisplayOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_un
     reply_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.1
     retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
     poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
-    reopen_min_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    reopen_max_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     model: str = "LED call display"
 
 
-class LedCallDisplayDriver(DeviceDriver[LedCallDisplayOptions]):
+class LedCallDisplayDriver(SerialDeviceDriver[LedCallDisplayOptions]):
     """One LED panel at one address on a (possibly shared) serial bus."""
 
     name: ClassVar[str] = "led_call_display"
     Options: ClassVar[type[msgspec.Struct]] = LedCallDisplayOptions
+    label: ClassVar[str] = "led display"
 
     def __init__(
         self, device_id: str, options: Mapping[str, Any], *, buses: BusRegistry | None = None
@@ -382,19 +363,16 @@ class LedCallDisplayDriver(DeviceDriver[LedCallDisplayOptions]):
                 "line_width": self.options.line_width,
             },
         )
-        self._sink: DeviceSink | None = None
         self._bus: LedBus | None = None
-        self._state: tuple[DeviceStatus, str] | None = None
-        self._wake = asyncio.Event()
 
     @property
-    def description(self) -> DeviceDescription:
-        return self._description
+    def poll_interval_s(self) -> float:
+        return self.options.poll_interval_s
 
     # --- running -------------------------------------------------------------------------
-    async def run(self, sink: DeviceSink) -> None:
-        """Poll the panel's status until cancelled; the bus reopens a lost port by itself."""
-        self._sink = sink
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[SerialLink]:
+        """The shared bus of the port (the registry reopens and finally closes it)."""
         opts = self.options
         bus = await self._buses.acquire(
             opts.port,
@@ -404,25 +382,14 @@ class LedCallDisplayDriver(DeviceDriver[LedCallDisplayOptions]):
             reopen_max_s=opts.reopen_max_s,
         )
         self._bus = bus
-        log.info(
-            "led display device=%s port=%s address=%d", self.device_id, opts.port, opts.address
-        )
         try:
-            await bus.link.wait_open(min(opts.reply_timeout_s * 5, 1.0))
-            while True:
-                await self._poll()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), opts.poll_interval_s)
+            yield bus.link
         finally:
             self._bus = None
             await self._buses.release(bus, self._on_link_state)
 
-    def _on_link_state(self, is_open: bool, reason: str) -> None:
-        if is_open:
-            self._wake.set()  # poll at once: the panel may be back
-        else:
-            self._report_state(DeviceStatus.OFFLINE, f"serial port {self.options.port}: {reason}")
+    def _where(self) -> str:
+        return f"port={self.options.port} address={self.options.address}"
 
     async def _poll(self) -> dict[str, float] | None:
         try:
@@ -454,18 +421,6 @@ class LedCallDisplayDriver(DeviceDriver[LedCallDisplayOptions]):
         else:
             self._report_state(DeviceStatus.ONLINE)
         return metrics
-
-    def _bad_input(self, error: BadMessage) -> None:
-        if self._sink is not None:
-            self._sink.bad_input(error.reason.value, error.detail)
-
-    def _report_state(self, state: DeviceStatus, reason: str = "") -> None:
-        if self._state == (state, reason):
-            return
-        self._state = (state, reason)
-        log.info("led display state device=%s state=%s reason=%r", self.device_id, state, reason)
-        if self._sink is not None:
-            self._sink.set_state(state, reason)
 
     async def _exchange(
         self, command: int, payload: bytes, replies: frozenset[int], *, broadcast: bool = False

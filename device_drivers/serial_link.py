@@ -8,8 +8,9 @@ report its device online/offline.
 
 Nothing blocking runs on the event loop: the port is opened in a worker thread, reads are driven
 by ``loop.add_reader`` on the port's file descriptor (the callback only runs when bytes are
-ready, so ``os.read`` returns at once) and writes go through a worker thread. Used by the LED
-call display driver; meant for the ESC/POS printer and VISCA camera drivers too.
+ready, so ``os.read`` returns at once) and writes go through a worker thread. The serial
+device drivers (LED call display, ESC/POS printer, VISCA PTZ) use it through
+:class:`device_drivers.serial_device.SerialDeviceDriver`.
 """
 
 from __future__ import annotations

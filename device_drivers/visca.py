@@ -45,19 +45,14 @@ import contextlib
 import enum
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
 
-from device_drivers.base import (
-    CommandError,
-    DeviceDescription,
-    DeviceDriver,
-    DeviceSink,
-    UnknownCommand,
-)
+from device_drivers.base import CommandError, DeviceDescription, UnknownCommand
+from device_drivers.serial_device import ProblemLog, SerialDeviceDriver, SerialPortOptions
 from device_drivers.serial_link import SerialLink, SerialLinkClosed
 from protocol.errors import BadMessage, BadReason
 from protocol.messages import DeviceStatus
@@ -462,7 +457,7 @@ def parse_zoom(data: bytes) -> int:
     return from_nibbles(data)
 
 
-class PacketParser:
+class PacketParser(ProblemLog[BadMessage]):
     """Incremental splitter: :meth:`feed` bytes, get whole packets (header .. ``FF``).
 
     A packet starts at a header byte (bit 7 set, not ``FF``). Bytes before a header are skipped;
@@ -472,27 +467,18 @@ class PacketParser:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._packet = bytearray()
-        self.problems: list[BadMessage] = []
         self.garbage_bytes = 0
-        self.bad_count = 0
-
-    def take_problems(self) -> list[BadMessage]:
-        problems, self.problems = self.problems, []
-        return problems
 
     def reset(self) -> None:
         self._packet.clear()
 
     def _skip(self, data: bytes | bytearray, why: str) -> None:
         self.garbage_bytes += len(data)
-        self.bad_count += 1
-        if len(self.problems) < 100:  # a flood of garbage must not grow memory
-            self.problems.append(
-                BadMessage(
-                    BadReason.BAD_MAGIC, f"{len(data)} bytes skipped ({why}): {data[:16].hex()}"
-                )
-            )
+        self._problem(
+            BadMessage(BadReason.BAD_MAGIC, f"{len(data)} bytes skipped ({why}): {data[:16].hex()}")
+        )
 
     def feed(self, data: bytes) -> list[bytes]:
         packets: list[bytes] = []
@@ -551,19 +537,17 @@ DIRECTIONS: Final[Mapping[str, tuple[PanDir, TiltDir]]] = {
 }
 
 
-class ViscaPtzOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[[devices]]`` options of a ``visca_ptz`` device."""
+class ViscaPtzOptions(SerialPortOptions, frozen=True, kw_only=True):
+    """``[[devices]]`` options of a ``visca_ptz`` device (and the serial port's).
 
-    #: serial port path, e.g. ``/dev/ttyUSB0``
-    port: Annotated[str, msgspec.Meta(min_length=1)]
-    baudrate: Annotated[int, msgspec.Meta(gt=0)] = 9600
+    ``reply_timeout_s`` is how long to wait for the ACK (or an inquiry's answer).
+    """
+
     address: Annotated[int, msgspec.Meta(ge=1, le=7)] = 1
     #: seat name -> preset number
     presets: dict[str, Annotated[int, msgspec.Meta(ge=0, le=MAX_PRESET)]] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_PRESETS)
     )
-    #: how long to wait for the ACK (or an inquiry's answer)
-    reply_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.5
     #: how long a movement may take before its completion is given up on
     completion_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
     #: missed replies in a row that make the device ``fault``
@@ -572,8 +556,6 @@ class ViscaPtzOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     tilt_speed: Annotated[int, msgspec.Meta(ge=1, le=TILT_SPEED_MAX)] = 0x0A
     zoom_speed: Annotated[int, msgspec.Meta(ge=0, le=ZOOM_SPEED_MAX)] = 3
     poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
-    reopen_min_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
-    reopen_max_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     model: str = "VISCA PTZ camera"
 
 
@@ -615,11 +597,12 @@ def _settle(
         future.set_result(result)
 
 
-class ViscaPtzDriver(DeviceDriver[ViscaPtzOptions]):
+class ViscaPtzDriver(SerialDeviceDriver[ViscaPtzOptions]):
     """One VISCA camera head at ``address`` on its own serial port (see the module docstring)."""
 
     name: ClassVar[str] = "visca_ptz"
     Options: ClassVar[type[msgspec.Struct]] = ViscaPtzOptions
+    label: ClassVar[str] = "visca ptz"
 
     def __init__(self, device_id: str, options: Mapping[str, Any]) -> None:
         super().__init__(device_id, options)
@@ -634,14 +617,10 @@ class ViscaPtzDriver(DeviceDriver[ViscaPtzOptions]):
                 "presets": dict(self.options.presets),
             },
         )
-        self._sink: DeviceSink | None = None
-        self._link: SerialLink | None = None
         self._parser = PacketParser()
         self._send_lock = asyncio.Lock()
         self._awaiting_ack: deque[_Pending] = deque()
         self._sockets: dict[int, _Pending] = {}
-        self._state: tuple[DeviceStatus, str] | None = None
-        self._wake = asyncio.Event()
         self._timeouts_in_row = 0
         self._last_position: PtzPosition | None = None
         #: counters reported as telemetry
@@ -655,55 +634,32 @@ class ViscaPtzDriver(DeviceDriver[ViscaPtzOptions]):
         }
 
     @property
-    def description(self) -> DeviceDescription:
-        return self._description
+    def poll_interval_s(self) -> float:
+        return self.options.poll_interval_s
 
     # --- running -------------------------------------------------------------------------
-    async def run(self, sink: DeviceSink) -> None:
-        """Read replies and poll the position until cancelled; the link reopens a lost port."""
-        self._sink = sink
-        opts = self.options
-        link = SerialLink(
-            opts.port,
-            baudrate=opts.baudrate,
-            reopen_min_s=opts.reopen_min_s,
-            reopen_max_s=opts.reopen_max_s,
-            on_state=self._on_link_state,
-        )
-        self._link = link
-        await link.open()
-        log.info("visca ptz device=%s port=%s address=%d", self.device_id, opts.port, opts.address)
-        reader = asyncio.create_task(self._read_loop(link), name=f"visca reader {opts.port}")
-        try:
-            await link.wait_open(min(opts.reply_timeout_s * 5, 1.0))
-            while True:
-                await self._poll()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), opts.poll_interval_s)
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            self._link = None
-            self._fail_all(CommandError("the VISCA driver stopped"))
-            await link.close()
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[SerialLink]:
+        """The driver's own port, with a task reading the camera's replies off it."""
+        async with super()._connect() as link:
+            reader = asyncio.create_task(self._read_loop(link), name=f"visca reader {link.port}")
+            try:
+                yield link
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                self._fail_all(CommandError("the VISCA driver stopped"))
+
+    def _where(self) -> str:
+        return f"port={self.options.port} address={self.options.address}"
 
     def _on_link_state(self, is_open: bool, reason: str) -> None:
         if is_open:
             self._parser.reset()
-            self._wake.set()  # poll at once: the camera may be back
         else:
             self._fail_all(CommandError(f"serial port {self.options.port} is not available"))
-            self._report_state(DeviceStatus.OFFLINE, f"serial port {self.options.port}: {reason}")
-
-    def _report_state(self, state: DeviceStatus, reason: str = "") -> None:
-        if self._state == (state, reason):
-            return
-        self._state = (state, reason)
-        log.info("visca ptz state device=%s state=%s reason=%r", self.device_id, state, reason)
-        if self._sink is not None:
-            self._sink.set_state(state, reason)
+        super()._on_link_state(is_open, reason)
 
     def _telemetry(self) -> None:
         if self._sink is None:
@@ -726,8 +682,7 @@ class ViscaPtzDriver(DeviceDriver[ViscaPtzOptions]):
             error.detail,
         )
         self.counters["bad_packets"] += 1
-        if self._sink is not None:
-            self._sink.bad_input(error.reason.value, error.detail)
+        super()._bad_input(error)
 
     async def _poll(self) -> None:
         # a failure already updated the state and the counters

@@ -1,19 +1,15 @@
 """A simulated ESC/POS ticket printer on a pty pair (see device_drivers/escpos_printer.py).
 
 The printer holds the pty master; the driver opens :attr:`SimulatedPrinter.path`, a symlink to
-the current slave that stays the same across :meth:`unplug` / :meth:`replug`. The byte stream is
-decoded with the driver's own decoder; each cut finishes a :class:`PrintedTicket` (text lines,
-bold and double-size segments, QR payloads). ``DLE EOT`` queries are answered at once from the
-fault flags. While out of paper or open, nothing is printed (like the real thing).
+the current slave that stays the same across ``unplug()`` / ``replug()`` (see
+:mod:`simulators.pty_port`). The byte stream is decoded with the driver's own decoder; each cut
+finishes a :class:`PrintedTicket` (text lines, bold and double-size segments, QR payloads).
+``DLE EOT`` queries are answered at once from the fault flags. While out of paper or open,
+nothing is printed (like the real thing).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import tempfile
-import tty
 from dataclasses import dataclass, field
 
 from device_drivers.escpos_printer import (
@@ -38,6 +34,7 @@ from device_drivers.escpos_printer import (
     status_byte,
 )
 from protocol.errors import BadMessage
+from simulators.pty_port import PtyDevice
 
 
 @dataclass
@@ -51,15 +48,11 @@ class PrintedTicket:
     cut: bool = False
 
 
-class SimulatedPrinter:
+class SimulatedPrinter(PtyDevice):
     """One printer on a simulated serial port (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="escpos-")
-        #: the stable port path the driver opens
-        self.path = os.path.join(self._dir, "ttyPrinter")
-        self._master = -1
-        self._slave = -1
+        super().__init__(prefix="escpos-", name="ttyPrinter")
         self._stream = EscposStream()
         self._silent = False
         self.paper_is_out = False
@@ -75,39 +68,8 @@ class SimulatedPrinter:
         self.status_queries = 0
         self.bad_input = 0
 
-    # --- lifetime ------------------------------------------------------------------------
-    async def start(self) -> None:
-        self.replug()
-
-    async def stop(self) -> None:
-        self.unplug()
-        with contextlib.suppress(OSError):
-            os.rmdir(self._dir)
-
-    def replug(self) -> None:
-        if self._master >= 0:
-            return
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
+    def _on_plug(self) -> None:
         self._stream.reset()
-        tmp = self.path + ".new"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.symlink(os.ttyname(slave), tmp)
-        os.replace(tmp, self.path)
-        asyncio.get_running_loop().add_reader(master, self._on_readable)
-
-    def unplug(self) -> None:
-        if self._master < 0:
-            return
-        asyncio.get_running_loop().remove_reader(self._master)
-        os.close(self._master)
-        os.close(self._slave)
-        self._master = self._slave = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
     # --- fault injection -----------------------------------------------------------------
     def paper_out(self, on: bool) -> None:
@@ -142,13 +104,7 @@ class SimulatedPrinter:
             bits = 0x08 if self.paper_is_out or self.cover_is_open else 0
         return status_byte(bits)
 
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return
+    def _on_data(self, data: bytes) -> None:
         try:
             ops = self._stream.feed(data)
         except BadMessage:
@@ -192,9 +148,3 @@ class SimulatedPrinter:
             ticket.cut = True
             self.tickets.append(ticket)
             self.current = PrintedTicket()
-
-    def _write(self, data: bytes) -> None:
-        if self._master < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.write(self._master, data)

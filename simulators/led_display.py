@@ -1,18 +1,14 @@
 """A simulated RS-485 bus of LED call display panels on a pty pair (protocol: led-call-display.md).
 
 The bus holds the pty master; the driver opens :attr:`SimulatedLedBus.path`, a symlink (like
-socat's ``link=``) to the current slave, which stays the same across :meth:`unplug` /
-:meth:`replug`. Each :class:`SimulatedPanel` answers frames to its address at once (or after
-:meth:`slow`), records the decoded text of each line and the chimes, and can be told to fail.
+socat's ``link=``) to the current slave, which stays the same across ``unplug()`` /
+``replug()`` (see :mod:`simulators.pty_port`). Each :class:`SimulatedPanel` answers frames to its
+address at once (or after :meth:`slow`), records the decoded text of each line and the chimes, and can be told to fail.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +28,7 @@ from device_drivers.led_call_display import (
     FrameParser,
     encode_frame,
 )
+from simulators.pty_port import PtyDevice
 
 EFFECT_NAMES = {0: "static", 1: "scroll", 2: "flash"}
 
@@ -102,16 +99,12 @@ class SimulatedPanel:
         return 2
 
 
-class SimulatedLedBus:
+class SimulatedLedBus(PtyDevice):
     """Panels at addresses on one simulated serial bus (see the module docstring)."""
 
     def __init__(self, panels: list[SimulatedPanel]) -> None:
+        super().__init__(prefix="led-bus-", name="ttyLED")
         self.panels = {panel.address: panel for panel in panels}
-        self._dir = tempfile.mkdtemp(prefix="led-bus-")
-        #: the stable port path the driver opens
-        self.path = os.path.join(self._dir, "ttyLED")
-        self._master = -1
-        self._slave = -1
         self._parser = FrameParser()
         self._bad_checksums = False
         self._silent = False
@@ -122,41 +115,8 @@ class SimulatedLedBus:
         #: called with each valid frame as it is read off the line (before the panel applies it)
         self.on_frame: Callable[[Frame], None] | None = None
 
-    # --- lifetime ------------------------------------------------------------------------
-    async def start(self) -> None:
-        self.replug()
-
-    async def stop(self) -> None:
-        self.unplug()
-        with contextlib.suppress(OSError):
-            os.rmdir(self._dir)
-
-    def replug(self) -> None:
-        """Create a fresh pty pair and point :attr:`path` at its slave."""
-        if self._master >= 0:
-            return
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave  # the slave stays open: no EIO on the master
+    def _on_plug(self) -> None:
         self._parser = FrameParser()
-        tmp = self.path + ".new"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.symlink(os.ttyname(slave), tmp)
-        os.replace(tmp, self.path)
-        asyncio.get_running_loop().add_reader(master, self._on_readable)
-
-    def unplug(self) -> None:
-        """Close the pty pair and remove :attr:`path` (like pulling the USB adapter)."""
-        if self._master < 0:
-            return
-        asyncio.get_running_loop().remove_reader(self._master)
-        os.close(self._master)
-        os.close(self._slave)
-        self._master = self._slave = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
     # --- fault injection -----------------------------------------------------------------
     def garbage(self, n: int) -> None:
@@ -185,13 +145,7 @@ class SimulatedLedBus:
             panel.power_fault = power
 
     # --- the wire ------------------------------------------------------------------------
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # the driver closed its side: EIO until it reopens
+    def _on_data(self, data: bytes) -> None:
         frames = self._parser.feed(data)
         self.bad_frames += len(self._parser.problems)
         for problem in self._parser.take_problems():
@@ -217,9 +171,3 @@ class SimulatedLedBus:
             asyncio.get_running_loop().call_later(self._delay, self._write, data)
         else:
             self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        if self._master < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.write(self._master, data)

@@ -1,8 +1,8 @@
 """A simulated Sony VISCA PTZ head on a pty pair (see device_drivers/visca.py).
 
 The camera holds the pty master; the driver opens :attr:`SimulatedViscaCamera.path`, a symlink
-to the current slave that stays the same across :meth:`~SimulatedViscaCamera.unplug` /
-:meth:`~SimulatedViscaCamera.replug`. It answers like a real head:
+to the current slave that stays the same across ``unplug()`` / ``replug()`` (see
+:mod:`simulators.pty_port`). It answers like a real head:
 
 - two command sockets: a movement (preset recall, home, absolute position) gets ``ACK`` at once
   and its completion when the move is done, after a time proportional to the distance (at most
@@ -21,11 +21,7 @@ Faults: :meth:`unplug`/:meth:`replug`, :meth:`mute` (no answers, nothing done), 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 import time
-import tty
 from collections.abc import Mapping
 
 from device_drivers.visca import (
@@ -61,6 +57,7 @@ from device_drivers.visca import (
     zoom_reply,
 )
 from protocol.errors import BadMessage
+from simulators.pty_port import PtyDevice
 
 #: the head's travel (units of an EVI-D70-class head)
 PAN_MIN, PAN_MAX = -0x08DB, 0x08DB
@@ -77,7 +74,7 @@ def _clamp(value: float, low: int, high: int) -> int:
     return int(max(low, min(high, round(value))))
 
 
-class SimulatedViscaCamera:
+class SimulatedViscaCamera(PtyDevice):
     """One VISCA head on a simulated serial port (see the module docstring)."""
 
     def __init__(
@@ -87,13 +84,9 @@ class SimulatedViscaCamera:
         presets: Mapping[int, PtzPosition] | None = None,
         max_move_s: float = 0.3,
     ) -> None:
+        super().__init__(prefix="visca-", name="ttyVISCA")
         self.address = address
         self.max_move_s = max_move_s
-        self._dir = tempfile.mkdtemp(prefix="visca-")
-        #: the stable port path the driver opens
-        self.path = os.path.join(self._dir, "ttyVISCA")
-        self._master = -1
-        self._slave = -1
         self._parser = PacketParser()
         self._muted = False
         self._fail_next: int | None = None
@@ -109,45 +102,13 @@ class SimulatedViscaCamera:
         self.bad_commands = 0
         self.garbage_bytes = 0
 
-    # --- lifetime ------------------------------------------------------------------------
-    async def start(self) -> str:
-        """Plug the camera in; returns :attr:`path`, the port the driver opens."""
-        self.replug()
-        return self.path
-
-    async def stop(self) -> None:
-        self.unplug()
-        with contextlib.suppress(OSError):
-            os.rmdir(self._dir)
-
-    def replug(self) -> None:
-        """Create a fresh pty pair and point :attr:`path` at its slave."""
-        if self._master >= 0:
-            return
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave  # the slave stays open: no EIO on the master
+    def _on_plug(self) -> None:
         self._parser = PacketParser()
-        tmp = self.path + ".new"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.symlink(os.ttyname(slave), tmp)
-        os.replace(tmp, self.path)
-        asyncio.get_running_loop().add_reader(master, self._on_readable)
 
-    def unplug(self) -> None:
-        """Close the pty pair and remove :attr:`path` (like pulling the cable); moves stop."""
-        if self._master < 0:
-            return
+    def _on_unplug(self) -> None:
+        """Moves in flight stop without a completion (the cable is gone)."""
         for socket in list(self._moves):
             self._finish(socket, notify=False)
-        asyncio.get_running_loop().remove_reader(self._master)
-        os.close(self._master)
-        os.close(self._slave)
-        self._master = self._slave = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -191,13 +152,7 @@ class SimulatedViscaCamera:
         self._fail_next = code
 
     # --- the wire ------------------------------------------------------------------------
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # the driver closed its side: EIO until it reopens
+    def _on_data(self, data: bytes) -> None:
         packets = self._parser.feed(data)
         self._parser.take_problems()
         self.garbage_bytes = self._parser.garbage_bytes
@@ -308,9 +263,3 @@ class SimulatedViscaCamera:
     def _reply(self, reply: ViscaReply) -> None:
         if not self._muted:
             self._write(encode_reply(reply))
-
-    def _write(self, data: bytes) -> None:
-        if self._master < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.write(self._master, data)
