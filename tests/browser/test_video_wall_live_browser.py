@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -342,7 +343,9 @@ async def has_segments(wall: LiveWall, camera: str) -> bool:
 
 
 async def test_a_judge_sees_every_camera(
-    live_wall: LiveWall, open_page: Callable[[], Awaitable[tuple[Page, Traffic]]]
+    live_wall: LiveWall,
+    open_page: Callable[[], Awaitable[tuple[Page, Traffic]]],
+    screenshot_dirs: list[Path],
 ) -> None:
     page, _ = await open_page()
     await sign_in_to_wall(page, live_wall, JUDGE)
@@ -354,6 +357,13 @@ async def test_a_judge_sees_every_camera(
     )
     await expect_moving_picture(page, INTERRO_CAM)
     await expect_moving_picture(page, H264_CAM)
+    # the judge's wall of real simulated cameras (burnt-in name and clock), for the README
+    await page.set_viewport_size({"width": 1600, "height": 900})
+    shot = screenshot_dirs[0] / "wall-live.png"
+    await page.screenshot(path=str(shot), animations="disabled", caret="hide")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for folder in screenshot_dirs[1:]:
+        shutil.copyfile(shot, folder / shot.name)
 
 
 async def test_a_cut_camera_turns_offline_and_comes_back(
