@@ -5,6 +5,10 @@ and gap index, the recorder's camera health, evidence verification and the alert
 |------------------------------------------------|------------------------------------|
 | ``GET  /api/v1/hearings``                      | judge, clerk, admin, technician    |
 | ``POST /api/v1/hearings``                      | judge, clerk, admin                |
+| ``POST /api/v1/hearings/{id}/start``           | judge, clerk, admin                |
+| ``POST /api/v1/hearings/{id}/recess``          | judge, clerk, admin                |
+| ``POST /api/v1/hearings/{id}/resume``          | judge, clerk, admin                |
+| ``GET  /api/v1/hearings/{id}/events``          | judge, clerk, admin, technician    |
 | ``POST /api/v1/hearings/{id}/close``           | judge, clerk, admin                |
 | ``POST /api/v1/hearings/{id}/hold``            | judge, admin                       |
 | ``POST /api/v1/hearings/{id}/seal``            | judge, clerk, admin                |
@@ -91,21 +95,54 @@ async def list_hearings(request: web.Request) -> web.Response:
 
 
 async def open_hearing(request: web.Request) -> web.Response:
-    """``{"title", "case_no", "venues": [...]}`` → the new hearing (201)."""
+    """``{"title", "case_no", "venues": [...], "schedule": false, "scheduled_ms": null}`` → the
+    new hearing (201): opened at once, or only put on the calendar when ``schedule`` is true."""
     body = await read_json_body(request)
     venues = body.get("venues")
     if not isinstance(venues, list) or not all(isinstance(v, str) for v in venues):
         raise http_error(400, "venues must be a list of venue ids")
+    at = body.get("scheduled_ms")
+    if at is not None and (not isinstance(at, int) or isinstance(at, bool)):
+        raise http_error(400, "scheduled_ms must be UTC milliseconds")
+    hearings = _ctx(request).hearings
+    title, case_no = str(body.get("title", "")), str(body.get("case_no", ""))
+    by = _user(request)
     try:
-        hearing = await _ctx(request).hearings.open_hearing(
-            title=str(body.get("title", "")),
-            case_no=str(body.get("case_no", "")),
-            venues=venues,
-            by=_user(request),
-        )
+        if body.get("schedule") is True:
+            hearing = await hearings.schedule_hearing(
+                title=title, case_no=case_no, venues=venues, by=by, at_ms=at
+            )
+        else:
+            hearing = await hearings.open_hearing(
+                title=title, case_no=case_no, venues=venues, by=by
+            )
     except HearingError as exc:
         raise http_error(409, str(exc)) from None
     return web.json_response(hearing.to_json(), status=201)
+
+
+async def start_hearing(request: web.Request) -> web.Response:
+    """Open a scheduled hearing."""
+    return await _hearing_action(request, "start")
+
+
+async def recess_hearing(request: web.Request) -> web.Response:
+    """``{"reason": "recess"|"non_public_evidence"|"mediation"}``: a logged break."""
+    return await _hearing_action(request, "recess")
+
+
+async def resume_hearing(request: web.Request) -> web.Response:
+    """End a break."""
+    return await _hearing_action(request, "resume")
+
+
+async def hearing_events(request: web.Request) -> web.Response:
+    """The hearing record's transitions (time, state, user, reason)."""
+    try:
+        events = await _ctx(request).hearings.events(request.match_info["id"])
+    except HearingError as exc:
+        raise http_error(404, str(exc)) from None
+    return web.json_response({"events": [e.to_json() for e in events]})
 
 
 async def close_hearing(request: web.Request) -> web.Response:
@@ -130,6 +167,13 @@ async def _hearing_action(request: web.Request, action: str) -> web.Response:
     try:
         if action == "close":
             hearing = await hearings.close_hearing(hearing_id, by=by)
+        elif action == "start":
+            hearing = await hearings.start_hearing(hearing_id, by=by)
+        elif action == "recess":
+            body = await read_json_body(request)
+            hearing = await hearings.recess(hearing_id, reason=str(body.get("reason", "")), by=by)
+        elif action == "resume":
+            hearing = await hearings.resume(hearing_id, by=by)
         elif action == "hold":
             body = await read_json_body(request)
             held = body.get("held", True)
@@ -244,6 +288,10 @@ async def list_alerts(request: web.Request) -> web.Response:
 ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/hearings", list_hearings, HEARING_READERS),
     Route("POST", "/api/v1/hearings", open_hearing, HEARING_WRITERS),
+    Route("POST", "/api/v1/hearings/{id}/start", start_hearing, HEARING_WRITERS),
+    Route("POST", "/api/v1/hearings/{id}/recess", recess_hearing, HEARING_WRITERS),
+    Route("POST", "/api/v1/hearings/{id}/resume", resume_hearing, HEARING_WRITERS),
+    Route("GET", "/api/v1/hearings/{id}/events", hearing_events, HEARING_READERS),
     Route("POST", "/api/v1/hearings/{id}/close", close_hearing, HEARING_WRITERS),
     Route("POST", "/api/v1/hearings/{id}/hold", hold_hearing, HOLDERS),
     Route("POST", "/api/v1/hearings/{id}/seal", seal_hearing, HEARING_WRITERS),

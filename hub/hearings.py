@@ -1,10 +1,20 @@
-"""Hearing sessions: what a recording belongs to, its legal hold, its seal and its export.
+"""Hearing sessions: what a recording belongs to, its breaks, its legal hold, seal and export.
 
 A hearing spans one or more venues (a courtroom, or the two rooms of a remote interrogation) and
-owns every segment recorded in them between opening and closing: the recorder asks
-:meth:`HearingService.active_session` for each segment it indexes. Closing ends the hearing;
-sealing (only once closed) writes the manifest over all its segments and transcripts, after
-which the record is fixed; exporting packs it into a bundle that verifies anywhere.
+owns every segment recorded in them while it is *open*: the recorders ask
+:meth:`HearingService.active_session` for each segment they index.
+
+Lifecycle (the Supreme People's Court's 2017 rules on hearing recordings: record the whole hearing
+from opening to closing; breaks only for recess, non-public evidence or mediation, each logged
+with times; speech-recognition text becomes the record only once checked and signed)::
+
+    scheduled ──start──> open ──recess(reason)──> recess ──resume──> open ──close──> closed ──seal──> sealed
+                  (open_hearing = schedule + start)      (segments of a recess belong to no hearing)
+
+Every transition is an event (time, user, reason) in ``hearings.db`` and a row of the audit
+trail. Sealing — after the clerk checked the transcript — writes the manifest over every segment
+and transcript file, puts the hearing under legal hold and makes it read-only; exporting packs
+it into a bundle that verifies anywhere.
 """
 
 from __future__ import annotations
@@ -42,9 +52,32 @@ CREATE TABLE IF NOT EXISTS hearings (
     closed_ms INTEGER,
     sealed_ms INTEGER,
     manifest_sha256 TEXT,
-    held INTEGER NOT NULL DEFAULT 0
+    held INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'open',
+    scheduled_ms INTEGER
 );
+-- the hearing record's transitions; append-only
+CREATE TABLE IF NOT EXISTS hearing_events (
+    id INTEGER PRIMARY KEY,
+    hearing TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS hearing_events_no_update BEFORE UPDATE ON hearing_events
+BEGIN SELECT RAISE(ABORT, 'hearing events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS hearing_events_no_delete BEFORE DELETE ON hearing_events
+BEGIN SELECT RAISE(ABORT, 'hearing events are append-only'); END;
 """
+
+SCHEDULED = "scheduled"
+OPEN = "open"
+RECESS = "recess"
+CLOSED = "closed"
+SEALED = "sealed"
+#: why a hearing may break (the rules allow no other)
+RECESS_REASONS = ("recess", "non_public_evidence", "mediation")
 
 
 class HearingError(ValueError):
@@ -65,11 +98,18 @@ class Hearing:
     sealed_ms: int | None = None
     manifest_sha256: str | None = None
     held: bool = False
+    state: str = OPEN
+    scheduled_ms: int | None = None
 
     @property
     def is_open(self) -> bool:
-        """Still recording into this hearing."""
-        return self.closed_ms is None
+        """Not ended yet (scheduled, open or in recess)."""
+        return self.state in (SCHEDULED, OPEN, RECESS)
+
+    @property
+    def recording(self) -> bool:
+        """Segments of its venues belong to it now."""
+        return self.state == OPEN
 
     def to_json(self) -> dict[str, Any]:
         """The hearing for the API and the manifest."""
@@ -84,7 +124,24 @@ class Hearing:
             "sealed_ms": self.sealed_ms,
             "manifest_sha256": self.manifest_sha256,
             "held": self.held,
+            "state": self.state,
+            "scheduled_ms": self.scheduled_ms,
         }
+
+
+@dataclass(frozen=True)
+class HearingEvent:
+    """One transition of a hearing: when, into which state, by whom, why."""
+
+    hearing: str
+    ts_ms: int
+    state: str
+    by: str
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The event for the API and the transcript's recess markers."""
+        return {"ts_ms": self.ts_ms, "state": self.state, "by": self.by, "reason": self.reason}
 
 
 class HearingService:
@@ -138,36 +195,118 @@ class HearingService:
         return sorted(self._hearings.values(), key=lambda h: h.opened_ms, reverse=True)
 
     def active_session(self, venue: str) -> str | None:
-        """The open hearing recording in ``venue`` (None between hearings)."""
+        """The hearing recording in ``venue`` now (None between hearings and during a recess)."""
         for hearing in self._hearings.values():
-            if hearing.is_open and venue in hearing.venues:
+            if hearing.recording and venue in hearing.venues:
                 return hearing.id
         return None
+
+    def current(self, venue: str) -> Hearing | None:
+        """The venue's hearing that has not ended (scheduled, open or in recess)."""
+        for hearing in self._hearings.values():
+            if hearing.is_open and hearing.state != SCHEDULED and venue in hearing.venues:
+                return hearing
+        return None
+
+    async def events(self, hearing_id: str) -> list[HearingEvent]:
+        """The hearing's transitions, oldest first."""
+        self._require(hearing_id)
+        return await self._thread.run(self._events_blocking, hearing_id)
+
+    async def recesses(self, hearing_id: str) -> list[tuple[int, int | None, str]]:
+        """The hearing's breaks as (from_ms, to_ms or None while on, reason)."""
+        out: list[tuple[int, int | None, str]] = []
+        for event in await self.events(hearing_id):
+            if event.state == RECESS:
+                out.append((event.ts_ms, None, event.reason))
+            elif out and out[-1][1] is None and event.state in (OPEN, CLOSED):
+                start, _, reason = out[-1]
+                out[-1] = (start, event.ts_ms, reason)
+        return out
 
     def manifest_path(self, hearing_id: str) -> Path:
         """Where the sealed manifest of a hearing is."""
         return self.data_dir / MANIFESTS / f"{hearing_id}.json"
 
     # changes ------------------------------------------------------------------------------------
-    async def open_hearing(
-        self, *, title: str, case_no: str, venues: Sequence[str], by: str
+    async def schedule_hearing(
+        self,
+        *,
+        title: str,
+        case_no: str,
+        venues: Sequence[str],
+        by: str,
+        at_ms: int | None = None,
     ) -> Hearing:
-        """Start a hearing in ``venues``; each venue may be in one open hearing at a time."""
+        """Put a hearing on the calendar (nothing is recorded into it until :meth:`start`)."""
         venues = tuple(dict.fromkeys(v for v in venues if v))
         if not venues:
             raise HearingError("a hearing needs at least one venue")
-        for venue in venues:
-            busy = self.active_session(venue)
-            if busy is not None:
-                raise HearingError(f"venue {venue} is already in hearing {busy}")
         now = self._now_ms()
         hearing = Hearing(
-            self._next_id(now), title.strip()[:200], case_no.strip()[:100], venues, now, by
+            self._next_id(now),
+            title.strip()[:200],
+            case_no.strip()[:100],
+            venues,
+            now,
+            by,
+            state=SCHEDULED,
+            scheduled_ms=at_ms,
         )
         await self._thread.run(self._insert_blocking, hearing)
         self._hearings[hearing.id] = hearing
-        await self._audit(by, Action.HEARING_OPENED, hearing, {"venues": list(venues)})
-        log.info("hearing opened id=%s venues=%s by=%s", hearing.id, ",".join(venues), by)
+        await self._record(hearing, SCHEDULED, by, "")
+        return hearing
+
+    async def start_hearing(self, hearing_id: str, *, by: str) -> Hearing:
+        """Open a scheduled hearing: from now its venues' segments belong to it."""
+        hearing = self._require(hearing_id)
+        if hearing.state != SCHEDULED:
+            raise HearingError(f"hearing {hearing_id} is {hearing.state}, not scheduled")
+        for venue in hearing.venues:
+            busy = self.current(venue)
+            if busy is not None:
+                raise HearingError(f"venue {venue} is already in hearing {busy.id}")
+        hearing = replace(hearing, state=OPEN, opened_ms=self._now_ms(), opened_by=by)
+        await self._save(hearing)
+        await self._record(hearing, OPEN, by, "")
+        await self._audit(by, Action.HEARING_OPENED, hearing, {"venues": list(hearing.venues)})
+        log.info("hearing opened id=%s venues=%s by=%s", hearing.id, ",".join(hearing.venues), by)
+        return hearing
+
+    async def open_hearing(
+        self, *, title: str, case_no: str, venues: Sequence[str], by: str
+    ) -> Hearing:
+        """Schedule and start a hearing at once; each venue may be in one hearing at a time."""
+        for venue in dict.fromkeys(v for v in venues if v):
+            busy = self.current(venue)
+            if busy is not None:
+                raise HearingError(f"venue {venue} is already in hearing {busy.id}")
+        hearing = await self.schedule_hearing(title=title, case_no=case_no, venues=venues, by=by)
+        return await self.start_hearing(hearing.id, by=by)
+
+    async def recess(self, hearing_id: str, *, reason: str, by: str) -> Hearing:
+        """Break an open hearing (recess, non-public evidence or mediation), logged with time."""
+        if reason not in RECESS_REASONS:
+            raise HearingError(
+                f"a break must be one of {', '.join(RECESS_REASONS)}, not {reason!r}"
+            )
+        hearing = self._require(hearing_id)
+        if hearing.state != OPEN:
+            raise HearingError(f"hearing {hearing_id} is {hearing.state}, not open")
+        hearing = replace(hearing, state=RECESS)
+        await self._save(hearing)
+        await self._record(hearing, RECESS, by, reason)
+        return hearing
+
+    async def resume(self, hearing_id: str, *, by: str) -> Hearing:
+        """End a break: the hearing records again."""
+        hearing = self._require(hearing_id)
+        if hearing.state != RECESS:
+            raise HearingError(f"hearing {hearing_id} is {hearing.state}, not in recess")
+        hearing = replace(hearing, state=OPEN)
+        await self._save(hearing)
+        await self._record(hearing, OPEN, by, "resumed")
         return hearing
 
     async def close_hearing(self, hearing_id: str, *, by: str) -> Hearing:
@@ -175,14 +314,22 @@ class HearingService:
         hearing = self._require(hearing_id)
         if not hearing.is_open:
             return hearing
-        hearing = replace(hearing, closed_ms=self._now_ms())
+        if hearing.state == SCHEDULED:
+            raise HearingError(f"hearing {hearing_id} never started")
+        hearing = replace(hearing, state=CLOSED, closed_ms=self._now_ms())
         await self._save(hearing)
+        await self._record(hearing, CLOSED, by, "")
         await self._audit(by, Action.HEARING_CLOSED, hearing, None)
         return hearing
 
     async def set_hold(self, hearing_id: str, held: bool, *, by: str) -> Hearing:
-        """Put the hearing's segments under legal hold (retention never deletes them) or lift it."""
+        """Put the hearing's segments under legal hold (retention never deletes them) or lift it.
+
+        A sealed hearing stays held: its hold cannot be lifted.
+        """
         hearing = self._require(hearing_id)
+        if not held and hearing.state == SEALED:
+            raise HearingError(f"hearing {hearing_id} is sealed: its legal hold stays")
         await self.index.set_hold(hearing_id, held, by=by)
         hearing = replace(hearing, held=held)
         await self._save(hearing)
@@ -213,8 +360,13 @@ class HearingService:
                 chain_heads={c: heads[c] for c in {s.camera for s in segments} if c in heads},
             )
         )
-        hearing = replace(hearing, sealed_ms=self._now_ms(), manifest_sha256=sha)
+        if not hearing.held:  # a sealed record is kept: legal hold, for good
+            await self.index.set_hold(hearing_id, True, by=by)
+        hearing = replace(
+            hearing, state=SEALED, sealed_ms=self._now_ms(), manifest_sha256=sha, held=True
+        )
         await self._save(hearing)
+        await self._record(hearing, SEALED, by, sha)
         detail = {"segments": len(segments), "transcripts": len(transcripts), "sha256": sha}
         await self._audit(by, Action.SEAL, hearing, detail)
         log.info("hearing sealed id=%s segments=%d sha256=%s", hearing_id, len(segments), sha)
@@ -260,6 +412,16 @@ class HearingService:
         taken = sum(1 for h in self._hearings if h.startswith(f"h{day}-"))
         return f"h{day}-{taken + 1:04d}"
 
+    def is_read_only(self, hearing_id: str) -> bool:
+        """Sealed: no more corrections, notes or changes."""
+        hearing = self._hearings.get(hearing_id)
+        return hearing is not None and hearing.state == SEALED
+
+    async def _record(self, hearing: Hearing, state: str, by: str, reason: str) -> None:
+        event = HearingEvent(hearing.id, self._now_ms(), state, by, reason)
+        await self._thread.run(self._event_blocking, event)
+        log.info("hearing event id=%s state=%s by=%s reason=%s", hearing.id, state, by, reason)
+
     async def _save(self, hearing: Hearing) -> None:
         await self._thread.run(self._update_blocking, hearing)
         self._hearings[hearing.id] = hearing
@@ -278,11 +440,22 @@ class HearingService:
         self._db = db
         rows = db.execute(
             "SELECT id, title, case_no, venues, opened_ms, opened_by, closed_ms, sealed_ms, "
-            "manifest_sha256, held FROM hearings"
+            "manifest_sha256, held, state, scheduled_ms FROM hearings"
         ).fetchall()
         return [
             Hearing(
-                r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6], r[7], r[8], bool(r[9])
+                r[0],
+                r[1],
+                r[2],
+                tuple(json.loads(r[3])),
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                bool(r[9]),
+                r[10],
+                r[11],
             )
             for r in rows
         ]
@@ -298,17 +471,49 @@ class HearingService:
 
     def _insert_blocking(self, h: Hearing) -> None:
         self._conn().execute(
-            "INSERT INTO hearings (id, title, case_no, venues, opened_ms, opened_by) "
-            "VALUES (?,?,?,?,?,?)",
-            (h.id, h.title, h.case_no, json.dumps(list(h.venues)), h.opened_ms, h.opened_by),
+            "INSERT INTO hearings (id, title, case_no, venues, opened_ms, opened_by, state, "
+            "scheduled_ms) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                h.id,
+                h.title,
+                h.case_no,
+                json.dumps(list(h.venues)),
+                h.opened_ms,
+                h.opened_by,
+                h.state,
+                h.scheduled_ms,
+            ),
         )
 
     def _update_blocking(self, h: Hearing) -> None:
         self._conn().execute(
-            "UPDATE hearings SET closed_ms = ?, sealed_ms = ?, manifest_sha256 = ?, held = ? "
-            "WHERE id = ?",
-            (h.closed_ms, h.sealed_ms, h.manifest_sha256, int(h.held), h.id),
+            "UPDATE hearings SET closed_ms = ?, sealed_ms = ?, manifest_sha256 = ?, held = ?, "
+            "state = ?, opened_ms = ?, opened_by = ? WHERE id = ?",
+            (
+                h.closed_ms,
+                h.sealed_ms,
+                h.manifest_sha256,
+                int(h.held),
+                h.state,
+                h.opened_ms,
+                h.opened_by,
+                h.id,
+            ),
         )
+
+    def _event_blocking(self, e: HearingEvent) -> None:
+        self._conn().execute(
+            "INSERT INTO hearing_events (hearing, ts_ms, state, by, reason) VALUES (?,?,?,?,?)",
+            (e.hearing, e.ts_ms, e.state, e.by, e.reason),
+        )
+
+    def _events_blocking(self, hearing_id: str) -> list[HearingEvent]:
+        rows = self._conn().execute(
+            "SELECT hearing, ts_ms, state, by, reason FROM hearing_events WHERE hearing = ? "
+            "ORDER BY id",
+            (hearing_id,),
+        )
+        return [HearingEvent(*row) for row in rows]
 
 
 def _files_under(folder: Path) -> list[Path]:

@@ -230,3 +230,36 @@ async def test_segments_gaps_verify_and_alerts(rig: Rig) -> None:
         ("disk-headroom", False),
         ("camera-lost:cam-2", True),
     ]
+
+
+async def test_a_scheduled_hearing_starts_breaks_and_resumes_over_http(rig: Rig) -> None:
+    """The clerk schedules, the judge starts, breaks for mediation and resumes; the record
+    lists each transition with its user and reason."""
+    body = {"title": "T", "case_no": "C", "venues": ["court-1"], "schedule": True}
+    status, hearing = await rig.call("POST", "/api/v1/hearings", Role.CLERK, body)
+    assert status == 201 and isinstance(hearing, dict) and hearing["state"] == "scheduled"
+    hid = hearing["id"]
+    assert rig.hearings.active_session("court-1") is None
+    status, started = await rig.call("POST", f"/api/v1/hearings/{hid}/start", Role.JUDGE, {})
+    assert status == 200 and isinstance(started, dict) and started["state"] == "open"
+    status, err = await rig.call(
+        "POST", f"/api/v1/hearings/{hid}/recess", Role.JUDGE, {"reason": "lunch"}
+    )
+    assert status == 409 and isinstance(err, dict) and "mediation" in err["error"]
+    status, broke = await rig.call(
+        "POST", f"/api/v1/hearings/{hid}/recess", Role.JUDGE, {"reason": "mediation"}
+    )
+    assert status == 200 and isinstance(broke, dict) and broke["state"] == "recess"
+    assert rig.hearings.active_session("court-1") is None
+    status, _ = await rig.call("POST", f"/api/v1/hearings/{hid}/resume", Role.JUDGE, {})
+    assert status == 200 and rig.hearings.active_session("court-1") == hid
+    status, record = await rig.call("GET", f"/api/v1/hearings/{hid}/events", Role.TECHNICIAN)
+    assert status == 200 and isinstance(record, dict)
+    assert [(e["state"], e["by"], e["reason"]) for e in record["events"]] == [
+        ("scheduled", "user-clerk", ""),
+        ("open", "user-judge", ""),
+        ("recess", "user-judge", "mediation"),
+        ("open", "user-judge", "resumed"),
+    ]
+    status, _ = await rig.call("GET", "/api/v1/hearings/h00000000-0009/events", Role.JUDGE)
+    assert status == 404

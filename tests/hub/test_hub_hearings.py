@@ -128,15 +128,16 @@ async def test_seal_export_and_hold_of_a_hearing_are_audited(court: Court, tmp_p
         assert len(media) == 2 and media <= names
         assert zf.read("manifest.json") == manifest_path.read_bytes()
 
-    await h.set_hold(hearing.id, False, by="admin1")
-    assert hearing.id not in await court.index.held_sessions()
+    # a sealed record stays under legal hold
+    with pytest.raises(HearingError, match="sealed"):
+        await h.set_hold(hearing.id, False, by="admin1")
+    assert hearing.id in await court.index.held_sessions()
     assert await actions(court.audit) == [
         ("hearing_opened", "judge1", hearing.id),
         ("hearing_closed", "judge1", hearing.id),
         ("legal_hold", "judge1", hearing.id),
         ("seal", "judge1", hearing.id),
         ("export", "clerk1", hearing.id),
-        ("legal_hold", "admin1", hearing.id),
     ]
     entries = await court.audit.entries(action="seal")
     assert (
@@ -168,5 +169,56 @@ async def test_hearings_survive_a_restart(court: Court) -> None:
             await again.open_hearing(title="x", case_no="3", venues=["court-1"], by="j")
         c = await again.open_hearing(title="丙", case_no="3", venues=["court-2"], by="j")
         assert c.id == f"h{DAY}-0003"  # numbering continues after the restart
+    finally:
+        await again.close()
+
+
+async def test_lifecycle_scheduled_open_recess_resumed_closed_sealed(court: Court) -> None:
+    """Each transition is an event with time, user and reason; a recess records into nothing."""
+    h = court.hearings
+    hearing = await h.schedule_hearing(
+        title="T", case_no="C", venues=["court-1"], by="clerk1", at_ms=T0 + 3_600_000
+    )
+    assert hearing.state == "scheduled" and h.active_session("court-1") is None
+    with pytest.raises(HearingError, match="never started"):
+        await h.close_hearing(hearing.id, by="judge1")
+    await h.start_hearing(hearing.id, by="judge1")
+    assert h.active_session("court-1") == hearing.id
+    with pytest.raises(HearingError, match="already in hearing"):
+        await h.open_hearing(title="X", case_no="Y", venues=["court-1"], by="judge2")
+    with pytest.raises(HearingError, match="must be one of"):
+        await h.recess(hearing.id, reason="lunch", by="judge1")
+    await h.recess(hearing.id, reason="mediation", by="judge1")
+    # during the break the venue's segments belong to no hearing, and the venue stays taken
+    assert h.active_session("court-1") is None
+    assert h.current("court-1") is not None
+    with pytest.raises(HearingError, match="not open"):
+        await h.recess(hearing.id, reason="recess", by="judge1")
+    await h.resume(hearing.id, by="judge1")
+    assert h.active_session("court-1") == hearing.id
+    await h.close_hearing(hearing.id, by="judge1")
+    sealed = await h.seal(hearing.id, by="clerk1")
+    # sealing puts it under legal hold and makes it read-only
+    assert sealed.state == "sealed" and sealed.held and h.is_read_only(hearing.id)
+    assert hearing.id in await court.index.held_sessions()
+    events = await h.events(hearing.id)
+    assert [(e.state, e.by) for e in events] == [
+        ("scheduled", "clerk1"),
+        ("open", "judge1"),
+        ("recess", "judge1"),
+        ("open", "judge1"),
+        ("closed", "judge1"),
+        ("sealed", "clerk1"),
+    ]
+    assert events[2].reason == "mediation"
+    assert [e.ts_ms for e in events] == sorted(e.ts_ms for e in events)
+    (recess,) = await h.recesses(hearing.id)
+    assert recess == (events[2].ts_ms, events[3].ts_ms, "mediation")
+    # the record survives a restart, transitions included
+    await h.close()
+    again = await HearingService.open(court.data_dir, court.index, court.audit)
+    try:
+        assert again.get(hearing.id) == sealed
+        assert [e.state for e in await again.events(hearing.id)][-1] == "sealed"
     finally:
         await again.close()
