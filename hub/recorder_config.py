@@ -29,7 +29,17 @@ container = "ts"               # stream copy segments: "ts" | "mkv" | "mp4" (fra
 encode = "mjpg"                # OpenCV path: "mjpg" (.avi, crash-safe) | "x264" (ffmpeg libx264)
 live_roles = []                # who may watch live; empty = the venue kind's default
 ptz = "court-1/ptz-1"          # its VISCA head (agent/device): voice follow turns it per seat
+
+[[recorder.microphones]]       # audio arrives over MQTT; one lossless WAV track per seat
+agent = "court-1"
+device = "mic-1"
+venue = "court-1"
+venue_kind = "tech_courtroom"
+seats = ["judge", "clerk", "plaintiff", "defendant"]  # channel 1, 2, 3… → seat (track ids
+                               # <agent>-<device>-<seat> must be [a-z0-9-]{1,64})
 ```
+`audio_segment_s` (0 = `segment_s`) cuts the audio tracks; `audio_jitter_ms` is how long the hub
+waits for a late audio frame before it records the missing ones as a gap.
 """
 
 from __future__ import annotations
@@ -97,6 +107,21 @@ class CameraConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         return frozenset(self.live_roles or DEFAULT_LIVE_ROLES[self.venue_kind])
 
 
+class MicrophoneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A multi-channel microphone device of an agent whose audio frames the hub records."""
+
+    agent: str
+    device: str
+    venue: str
+    venue_kind: VenueKindName = "tech_courtroom"
+    #: seat of channel 1, 2, 3…; one recorded track per seat
+    seats: list[str]
+
+    def track(self, seat: str) -> str:
+        """The recorded track (index "camera") of a seat: ``<agent>-<device>-<seat>``."""
+        return f"{self.agent}-{self.device}-{seat}"
+
+
 def is_opencv_source(url: str) -> bool:
     """MJPEG over HTTP and local (USB) devices go through OpenCV; the rest is stream-copied."""
     lower = url.lower()
@@ -126,6 +151,11 @@ class RecorderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     #: seconds between camera health reports (telemetry)
     health_interval_s: PositiveFloat = 5.0
     cameras: list[CameraConfig] = []
+    #: audio segments' length in seconds of capture time (0 = ``segment_s``)
+    audio_segment_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
+    #: a missing audio frame is waited for this long before it is recorded as lost
+    audio_jitter_ms: Annotated[float, msgspec.Meta(gt=0, le=5000)] = 200.0
+    microphones: list[MicrophoneConfig] = []
 
     def ptz_by_venue(self) -> dict[str, tuple[str, str]]:
         """Venue → (agent, PTZ device) for voice follow (the first camera with a PTZ head)."""
@@ -170,4 +200,33 @@ def check_recorder(recorder: RecorderConfig) -> list[tuple[str, str]]:
         for role in camera.live_roles:
             if role not in known_roles:
                 problems.append((f"{where}.live_roles", f"unknown role {role!r}"))
+    problems.extend(_check_microphones(recorder, seen))
+    return problems
+
+
+def _check_microphones(recorder: RecorderConfig, camera_ids: set[str]) -> list[tuple[str, str]]:
+    """Ids, seat names and the track ids they make (unique, not a camera's id)."""
+    problems: list[tuple[str, str]] = []
+    devices: set[tuple[str, str]] = set()
+    tracks: set[str] = set()
+    for i, mic in enumerate(recorder.microphones):
+        where = f"recorder.microphones[{i}]"
+        for name in ("agent", "device", "venue"):
+            value = getattr(mic, name)
+            if not valid_id(value):
+                problems.append((f"{where}.{name}", f"{value!r} is not [a-z0-9-]{{1,64}}"))
+        if (mic.agent, mic.device) in devices:
+            problems.append((where, f"duplicate microphone {mic.agent}/{mic.device}"))
+        devices.add((mic.agent, mic.device))
+        if not mic.seats:
+            problems.append((f"{where}.seats", "must name the seat of channel 1 at least"))
+        for seat in mic.seats:
+            track = mic.track(seat)
+            if not seat or not valid_id(seat) or not valid_id(track):
+                problems.append(
+                    (f"{where}.seats", f"track {track!r} of seat {seat!r} is not [a-z0-9-]{{1,64}}")
+                )
+            elif track in tracks or track in camera_ids:
+                problems.append((f"{where}.seats", f"duplicate track {track!r}"))
+            tracks.add(track)
     return problems
