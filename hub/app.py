@@ -51,6 +51,7 @@ from dashboards.sessions import (
 )
 from hub.accounts import AccountStore
 from hub.alerts import AlertBoard
+from hub.audio_recorder import AudioRecorder
 from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
@@ -94,6 +95,8 @@ class VideoParts:
     retention: RetentionSweeper
     #: turns a venue's PTZ camera to the loudest seat (the hearing service calls it)
     voice_follow: VoiceFollow
+    #: per-seat audio of the courtroom microphones (``[[recorder.microphones]]``)
+    audio: AudioRecorder
 
 
 @dataclass
@@ -250,12 +253,18 @@ async def _start_video(
     )
     parts.push_async_callback(_logged, "recorder stop", recorder.stop)
     await recorder.start()
+    audio = AudioRecorder(
+        config.recorder, storage_root=storage, index=index, alerts=alerts, sessions=hearings
+    )
+    parts.push_async_callback(_logged, "audio recorder stop", audio.stop)
+    await audio.start()
+    parts.callback(service.add_listener(audio.on_change))
     retention = RetentionSweeper(config.recorder, index, alerts=alerts, audit=audit)
     sweeper = asyncio.create_task(retention.run(), name="retention")
     parts.push_async_callback(_cancel, sweeper)
     voice_follow = VoiceFollow(service.call_command, config.recorder.ptz_by_venue())
     parts.push_async_callback(_logged, "voice follow close", voice_follow.close)
-    return VideoParts(index, alerts, hearings, live, recorder, retention, voice_follow)
+    return VideoParts(index, alerts, hearings, live, recorder, retention, voice_follow, audio)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -70,7 +70,10 @@ class RetentionSweeper:
         self.index = index
         self.alerts = alerts
         self.audit = audit
-        self.venue_kinds = dict(venue_kinds or {c.venue: c.venue_kind for c in config.cameras})
+        # venues of the cameras and of the microphones (an audio-only room has retention too)
+        known = {m.venue: m.venue_kind for m in config.microphones}
+        known.update({c.venue: c.venue_kind for c in config.cameras})
+        self.venue_kinds = dict(venue_kinds or known)
         self.disk_free = disk_free
         self.clock = clock
         self.sweeps = 0
