@@ -74,6 +74,11 @@ class DeviceSink(abc.ABC):
     def bad_input(self, reason: str, detail: str) -> None:
         """The device sent bytes that do not follow its protocol (counted and logged)."""
 
+    def audio(self, frame: bytes) -> None:  # noqa: B027 - optional: most devices have no audio
+        """A live audio frame, encoded by :func:`protocol.audio.encode_frame` (callable from any
+        thread). Live data: sent now or dropped and counted, never buffered. Sinks that carry no
+        audio keep this default, which drops it."""
+
 
 OptionsT = TypeVar("OptionsT", bound=msgspec.Struct)
 

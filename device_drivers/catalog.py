@@ -18,6 +18,7 @@ DRIVERS: Mapping[str, str] = {
     "led_call_display": "device_drivers.led_call_display:LedCallDisplayDriver",
     "escpos_printer": "device_drivers.escpos_printer:EscposPrinterDriver",
     "visca_ptz": "device_drivers.visca:ViscaPtzDriver",
+    "microphone": "device_drivers.microphone:MicrophoneDriver",
 }
 
 

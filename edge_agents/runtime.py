@@ -127,6 +127,8 @@ class AgentCounters:
     bad_messages: int = 0  #: other inbound payloads (hub state, rebirth) that failed validation
     bad_input_total: int = 0  #: bad bytes reported by drivers, all devices
     driver_restarts: int = 0
+    audio_sent: int = 0  #: audio frames handed to MQTT (QoS 0, live only)
+    audio_dropped: int = 0  #: audio frames dropped: not connected, stopping or publish failed
 
 
 class _RateLimiter:
@@ -173,6 +175,9 @@ class _AgentDeviceSink(DeviceSink):
     def bad_input(self, reason: str, detail: str) -> None:
         self._agent._from_sink(self._agent._bad_input, self._device, reason, detail)
 
+    def audio(self, frame: bytes) -> None:
+        self._agent._publish_audio(self._device, frame)
+
     def _snapshot(self, values: Mapping[str, Any], call: str) -> dict[str, Any] | None:
         try:
             return dict(values)
@@ -213,6 +218,7 @@ class EdgeAgent:
         self._bad_input_counts: dict[str, int] = {d: 0 for d in self._drivers}
         self._log_limiter = _RateLimiter(BAD_INPUT_LOG_INTERVAL_S)
         self.counters = AgentCounters()
+        self._audio_lock = threading.Lock()  # audio counters are bumped on capture threads
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -702,6 +708,26 @@ class EdgeAgent:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._wake.set)
 
+    def _publish_audio(self, device_id: str, frame: bytes) -> None:
+        """Publish a live audio frame at QoS 0 from the caller's thread (never the outbox).
+
+        Audio is live: a frame that cannot go out now is dropped and counted, never stored.
+        ``MqttLink.publish`` only queues for paho's network thread, so this never blocks.
+        """
+        link = self._link
+        sent = False
+        if link is not None and self._running and not self._stopping and self._connected:
+            try:
+                link.publish(self._topic(TopicKind.AUDIO, device_id), frame, qos=0)
+                sent = True
+            except ConnectionError:
+                pass
+        with self._audio_lock:
+            if sent:
+                self.counters.audio_sent += 1
+            else:
+                self.counters.audio_dropped += 1
+
     def _describe(self, device_id: str, description: DeviceDescription) -> None:
         self._descriptions[device_id] = description
         self._schedule_birth()
@@ -864,6 +890,8 @@ class EdgeAgent:
             "bad_commands": float(c.bad_commands),
             "bad_input_total": float(c.bad_input_total),
             "driver_restarts": float(c.driver_restarts),
+            "audio_sent": float(c.audio_sent),
+            "audio_dropped": float(c.audio_dropped),
             "uptime_s": self._uptime_s(),
         }
 

@@ -5,7 +5,10 @@
 #   gir1.2-gst-rtsp-server-1.0, python3-gi, gstreamer1.0-plugins-{base,good,bad}  RTSP camera sim
 #   socat                         named pty pairs for serial devices
 #   openssl                       test certificates
+#   portaudio19-dev               PyAudio (microphone capture) builds from source against it
+#   alsa-utils                    arecord -l / aplay -L to find a courtroom's input device
 #   chromium, fonts-noto-cjk      browser tests of the web console (Chinese UI text)
+#   espeak-ng, sox                speech for the transcription tests, resampled to 16 kHz
 set -euo pipefail
 
 # package:probe — the probe is a command, or dpkg:NAME for packages without a command
@@ -16,8 +19,11 @@ WANTED=(
   "gir1.2-gst-rtsp-server-1.0:dpkg:gir1.2-gst-rtsp-server-1.0" "python3-gi:dpkg:python3-gi" "gstreamer1.0-plugins-base:dpkg:gstreamer1.0-plugins-base" "gstreamer1.0-plugins-good:dpkg:gstreamer1.0-plugins-good" "gstreamer1.0-plugins-bad:dpkg:gstreamer1.0-plugins-bad"
   "socat:socat"
   "openssl:openssl"
+  "portaudio19-dev:dpkg:portaudio19-dev"
+  "alsa-utils:arecord"
   "chromium:chromium"
   "fonts-noto-cjk:dpkg:fonts-noto-cjk"
+  "espeak-ng:espeak-ng" "sox:sox"
 )
 
 present() {
