@@ -93,6 +93,8 @@ class Topic(StrEnum):
     TELEMETRY = "telemetry"
     EVENTS = "events"
     ALERTS = "alerts"
+    #: live transcript of hearings: partial and final segments (hub/live_transcriber.py)
+    TRANSCRIPT = "transcript"
 
 
 #: staff who may watch device health (as the JSON API's readers; counter staff work the queue)
@@ -106,6 +108,8 @@ TOPIC_ROLES: Final[Mapping[Topic, frozenset[Role]]] = MappingProxyType(
         Topic.TELEMETRY: _DEVICE_READERS,
         Topic.EVENTS: _DEVICE_READERS,
         Topic.ALERTS: _DEVICE_READERS,
+        # what is said in a courtroom: for the bench and its clerk only
+        Topic.TRANSCRIPT: frozenset({Role.JUDGE, Role.CLERK, Role.ADMIN}),
     }
 )
 #: every signed-in role may open the socket; the topics decide what it carries

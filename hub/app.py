@@ -28,6 +28,7 @@ from dashboards import (
     queue_api,
     recordings_api,
     sessions,
+    transcript_api,
 )
 from dashboards.app import ConsoleOptions, create_console_app
 from dashboards.auth import (
@@ -37,6 +38,7 @@ from dashboards.auth import (
     Role,
     load_or_create_api_token,
 )
+from dashboards.live import LIVE_KEY, Topic
 from dashboards.pages import DEFAULT_NAV, PASSWORD_CHANGE_PAGES
 from dashboards.pages_board import install_board
 from dashboards.pages_video import install_live_video
@@ -49,6 +51,7 @@ from dashboards.sessions import (
     SessionAuthenticator,
     csrf_middleware,
 )
+from dashboards.transcript_api import TRANSCRIPT_KEY, TranscriptContext
 from hub.accounts import AccountStore
 from hub.alerts import AlertBoard
 from hub.audio_recorder import AudioRecorder
@@ -60,13 +63,16 @@ from hub.hall_displays import HallDisplays
 from hub.hall_kiosks import HallKiosks
 from hub.hall_printer import HallPrinter
 from hub.hearings import HearingService
+from hub.live_transcriber import LiveTranscriber
 from hub.live_video import LiveVideo
 from hub.provisioning import client_url, credentials_for, owned_broker_tls
 from hub.queue_service import QueueService
 from hub.recorder import Recorder
+from hub.recorder_config import RecorderConfig
 from hub.recording_index import DB_FILE, RecordingIndex
 from hub.retention import RetentionSweeper
 from hub.service import HubService
+from hub.transcript_store import TranscriptStore
 from hub.voice_follow import VoiceFollow
 from protocol.mqtt_link import BrokerUrl
 
@@ -97,6 +103,9 @@ class VideoParts:
     voice_follow: VoiceFollow
     #: per-seat audio of the courtroom microphones (``[[recorder.microphones]]``)
     audio: AudioRecorder
+    #: hearing transcripts (final segments, corrections, notes) and the live transcriber
+    transcripts: TranscriptStore
+    transcriber: LiveTranscriber
 
 
 @dataclass
@@ -259,12 +268,44 @@ async def _start_video(
     parts.push_async_callback(_logged, "audio recorder stop", audio.stop)
     await audio.start()
     parts.callback(service.add_listener(audio.on_change))
+    transcripts = await TranscriptStore.open(data_dir)
+    parts.push_async_callback(_logged, "transcript store close", transcripts.close)
+    transcriber = LiveTranscriber(
+        model_dir=config.transcription.model_dir,
+        threads=config.transcription.threads,
+        phrases=config.transcription.phrases,
+        audio=audio,
+        sessions=hearings,
+        store=transcripts,
+        venues=audio_tracks(config.recorder),
+        alerts=alerts,
+    )
+    parts.push_async_callback(_logged, "live transcriber stop", transcriber.stop)
+    await transcriber.start()
     retention = RetentionSweeper(config.recorder, index, alerts=alerts, audit=audit)
     sweeper = asyncio.create_task(retention.run(), name="retention")
     parts.push_async_callback(_cancel, sweeper)
     voice_follow = VoiceFollow(service.call_command, config.recorder.ptz_by_venue())
     parts.push_async_callback(_logged, "voice follow close", voice_follow.close)
-    return VideoParts(index, alerts, hearings, live, recorder, retention, voice_follow, audio)
+    return VideoParts(
+        index,
+        alerts,
+        hearings,
+        live,
+        recorder,
+        retention,
+        voice_follow,
+        audio,
+        transcripts,
+        transcriber,
+    )
+
+
+def audio_tracks(recorder: RecorderConfig) -> dict[str, str]:
+    """Seat track id (``<agent>-<device>-<seat>``) → venue, for every configured microphone."""
+    return {
+        f"{m.agent}-{m.device}-{seat}": m.venue for m in recorder.microphones for seat in m.seats
+    }
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
@@ -369,6 +410,10 @@ def console_app(
                 video.alerts,
                 config.data_dir / DB_FILE,
             )
+            app[TRANSCRIPT_KEY] = TranscriptContext(
+                video.transcripts, video.hearings, video.transcriber
+            )
+            _publish_transcript(app, video.transcriber)
 
     return create_console_app(
         service,
@@ -386,10 +431,22 @@ def console_app(
             *pages_board.ROUTES,
             *pages_video.ROUTES,
             *recordings_api.ROUTES,
+            *transcript_api.ROUTES,
         ),
         extra_middlewares=[csrf_middleware],
         setup=setup,
     )
+
+
+def _publish_transcript(app: web.Application, transcriber: LiveTranscriber) -> None:
+    """Live partial and final segments to the console's ``transcript`` topic while it runs."""
+    live = app[LIVE_KEY]
+    remove = transcriber.add_listener(lambda message: live.publish(Topic.TRANSCRIPT, message))
+
+    async def unhook(_app: web.Application) -> None:
+        remove()
+
+    app.on_cleanup.append(unhook)
 
 
 async def _start_api(

@@ -130,6 +130,17 @@ class HealthSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return {(o.agent, o.device): o.stale_after_s for o in self.overrides}
 
 
+class TranscriptionSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[transcription]``: live speech recognition of the courtroom microphones (Vosk)."""
+
+    #: a Vosk model folder (am/, conf/, graph/…); empty = no live transcription
+    model_dir: str = ""
+    #: decoding threads shared by every seat channel (Vosk releases the GIL): about one per core
+    threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    #: fixed phrases (grammar mode) instead of free recognition, when the model supports it
+    phrases: list[str] = []
+
+
 class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole hub config file."""
 
@@ -141,6 +152,8 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     #: the video recorder: cameras, segments, retention and disk headroom (hub/recorder_config.py)
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
+    #: live transcription of hearings
+    transcription: TranscriptionSection = msgspec.field(default_factory=TranscriptionSection)
 
     @property
     def data_dir(self) -> Path:
@@ -258,5 +271,8 @@ def _anchor_paths(config: HubConfig, base_dir: Path) -> HubConfig:
         ),
         recorder=msgspec.structs.replace(
             config.recorder, storage_dir=anchor(config.recorder.storage_dir)
+        ),
+        transcription=msgspec.structs.replace(
+            config.transcription, model_dir=anchor(config.transcription.model_dir)
         ),
     )
