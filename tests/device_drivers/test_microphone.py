@@ -205,3 +205,17 @@ def test_frame_clock_paces_a_fast_source_and_reanchors_a_drifting_device() -> No
     # samples lost for 3 s (behind): new anchor at now
     ts3, _ = clock.stamp(640, now + 3_200_000, blocked=True)
     assert ts3 == now + 3_200_000 - 40_000 and clock.reanchors == 2
+
+
+async def test_simulated_microphone_source_yields_the_seat_wavs_as_frames(tmp_path: Path) -> None:
+    from simulators.microphone import SimulatedMicrophoneSource, write_seat_wavs
+
+    wavs = write_seat_wavs(tmp_path, SEATS[:2], seconds=0.2)
+    sim = SimulatedMicrophoneSource(wavs, frame_ms=20, loop=False)
+    frames = [frame async for frame in sim.frames()]
+    assert [f.seq for f in frames] == list(range(10))
+    assert {b.capture_ts_us - a.capture_ts_us for a, b in itertools.pairwise(frames)} == {20_000}
+    with wave.open(str(wavs["clerk"])) as wav:
+        clerk = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    assert np.array_equal(channel(frames, 1, 2), clerk)
+    assert sim.driver_options()["source"] == f"wav:{wavs['judge']},{wavs['clerk']}"
