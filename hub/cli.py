@@ -34,6 +34,7 @@ EXTENSIONS: tuple[str, ...] = (
     "hub.cli_users",
     "hub.cli_audit",
     "hub.cli_verify",
+    "transcription.cli",
 )
 
 FAULT_HELP = (

@@ -137,8 +137,8 @@ class ChannelStream:
         *,
         executor: Executor | None = None,
         phrases: Sequence[str] | None = None,
-        on_partial: Callable[[Partial], None] | None = None,
-        on_final: Callable[[FinalSegment], None] | None = None,
+        on_partial: Callable[[Partial], object] | None = None,
+        on_final: Callable[[FinalSegment], object] | None = None,
         jitter_us: int = 2_000,
     ) -> None:
         """Create the recognizer (raises ``PhraseError`` for unknown phrase words).
