@@ -3,6 +3,7 @@
 | route                                                  | roles                 |
 |--------------------------------------------------------|-----------------------|
 | ``GET  /api/v1/hearings/{id}/transcript``              | judge, clerk, admin   |
+| ``GET  /api/v1/hearings/{id}/transcript/{fmt}``        | judge, clerk, admin   |
 | ``POST /api/v1/hearings/{id}/notes``                   | judge, clerk          |
 | ``POST /api/v1/transcript/segments/{segment}/revise``  | judge, clerk          |
 | ``GET  /api/v1/transcription``                         | judge, clerk, admin, technician |
@@ -23,9 +24,11 @@ from aiohttp import web
 from dashboards.auth import PRINCIPAL_KEY, Role
 from dashboards.routes import Route
 from dashboards.sessions import http_error, read_json_body
+from hub.hearing_record import build_transcript
 from hub.hearings import HearingService
 from hub.live_transcriber import LiveTranscriber
 from hub.transcript_store import TranscriptError, TranscriptStore
+from transcription.exports import render
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class TranscriptContext:
     store: TranscriptStore
     hearings: HearingService
     transcriber: LiveTranscriber | None
+    #: the court's zone, for the local times of the text and court layouts
+    timezone: str = "Asia/Shanghai"
 
 
 TRANSCRIPT_KEY: Final = web.AppKey("transcripts", TranscriptContext)
@@ -77,6 +82,36 @@ async def get_transcript(request: web.Request) -> web.Response:
             "segments": [s.to_json() for s in segments],
             "notes": [n.to_json() for n in notes],
         }
+    )
+
+
+#: export format → (media type, file suffix)
+_EXPORTS: Final = {
+    "srt": ("application/x-subrip", "srt"),
+    "vtt": ("text/vtt", "vtt"),
+    "txt": ("text/plain", "txt"),
+    "json": ("application/json", "json"),
+    "court": ("text/plain", "court.txt"),
+}
+
+
+async def export_transcript(request: web.Request) -> web.Response:
+    """The transcript as SRT, WebVTT, text, JSON or the court layout (current texts)."""
+    ctx = _ctx(request)
+    hearing_id = _hearing_id(request, ctx)
+    fmt = request.match_info["fmt"]
+    if fmt not in _EXPORTS:
+        raise http_error(404, f"unknown format {fmt!r}; one of {', '.join(_EXPORTS)}")
+    hearing = ctx.hearings.get(hearing_id)
+    assert hearing is not None
+    transcript = await build_transcript(ctx.store, ctx.hearings, hearing)
+    text = render(transcript, fmt, tz=ctx.timezone)
+    media, suffix = _EXPORTS[fmt]
+    return web.Response(
+        text=text,
+        content_type=media,
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{hearing_id}.{suffix}"'},
     )
 
 
@@ -134,6 +169,7 @@ async def transcription_status(request: web.Request) -> web.Response:
 
 ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/hearings/{id}/transcript", get_transcript, READERS),
+    Route("GET", "/api/v1/hearings/{id}/transcript/{fmt}", export_transcript, READERS),
     Route("POST", "/api/v1/hearings/{id}/notes", add_note, WRITERS),
     Route("POST", "/api/v1/transcript/segments/{segment}/revise", revise_segment, WRITERS),
     Route("GET", "/api/v1/transcription", transcription_status, WATCHERS),

@@ -62,6 +62,7 @@ from hub.credentials import MQTT_DIR, Credentials
 from hub.hall_displays import HallDisplays
 from hub.hall_kiosks import HallKiosks
 from hub.hall_printer import HallPrinter
+from hub.hearing_record import RecordWriter
 from hub.hearings import HearingService
 from hub.live_transcriber import LiveTranscriber
 from hub.live_video import LiveVideo
@@ -282,6 +283,8 @@ async def _start_video(
     )
     parts.push_async_callback(_logged, "live transcriber stop", transcriber.stop)
     await transcriber.start()
+    # a seal writes the checked transcript's files first, so the manifest hashes them
+    hearings.prepare_seal = RecordWriter(transcripts, hearings, data_dir, config.hub.timezone)
     retention = RetentionSweeper(config.recorder, index, alerts=alerts, audit=audit)
     sweeper = asyncio.create_task(retention.run(), name="retention")
     parts.push_async_callback(_cancel, sweeper)
@@ -411,7 +414,7 @@ def console_app(
                 config.data_dir / DB_FILE,
             )
             app[TRANSCRIPT_KEY] = TranscriptContext(
-                video.transcripts, video.hearings, video.transcriber
+                video.transcripts, video.hearings, video.transcriber, config.hub.timezone
             )
             _publish_transcript(app, video.transcriber)
 

@@ -24,7 +24,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,6 +162,9 @@ class HearingService:
         self._thread = DbThread("hearings-db")
         self._db: sqlite3.Connection | None = None
         self._hearings: dict[str, Hearing] = {}
+        #: called with the hearing just before its seal: writes its transcript files
+        #: (hub/hearing_record.py) so the manifest hashes the checked text
+        self.prepare_seal: Callable[[Hearing], Awaitable[object]] | None = None
 
     @classmethod
     async def open(
@@ -343,6 +346,8 @@ class HearingService:
             raise HearingError(f"hearing {hearing_id} is still open: close it before sealing")
         if hearing.sealed_ms is not None:
             raise HearingError(f"hearing {hearing_id} is already sealed")
+        if self.prepare_seal is not None:
+            await self.prepare_seal(hearing)
         segments = await self.index.segments(session_id=hearing_id)
         heads = await self.index.chain_heads()
         transcripts_root = self.data_dir / TRANSCRIPTS
