@@ -1,0 +1,630 @@
+/* courthub hearing console: the judge's and clerk's page of one courtroom or interrogation room.
+ *
+ * Data: the page's JSON (<script id="hearing-data">: venues, cameras, permissions); hearings from
+ * GET /api/v1/hearings (polled every 4 s and after every action); the selected hearing's
+ * transcript and notes from GET /api/v1/hearings/{id}/transcript (?after=<last segment id> to
+ * catch up after a (re)connect) and its events from GET …/events. Live partial and final
+ * segments arrive on the console's WebSocket topic "transcript" (Courthub.connectLive).
+ *
+ * Actions (Courthub.api, CSRF header): POST /api/v1/hearings (new hearing), …/{id}/start,
+ * /recess {reason}, /resume, /close, /seal (close and seal ask first); the export is a download
+ * link to GET …/{id}/export once sealed. A refused action (409) shows its message inline.
+ * Clerk corrections: click a line, Enter saves (POST /api/v1/transcript/segments/{id}/revise),
+ * Esc cancels. Notes: POST …/{id}/notes at "now" (court clock). All times in the court's zone.
+ */
+(function () {
+  "use strict";
+
+  const C = window.Courthub;
+  const t = C.t;
+  const dataEl = document.getElementById("hearing-data");
+  if (!dataEl) {
+    return;
+  }
+  const DATA = JSON.parse(dataEl.textContent || "{}");
+  const POLL_MS = 4000;
+  const STORE = "courthub.hearing.venue";
+  const SEAT_COLOURS = 8;
+
+  const venueSelect = document.getElementById("venue-select");
+  const hearingSelect = document.getElementById("hearing-select");
+  const banner = document.getElementById("hearing-banner");
+  const stateEl = document.getElementById("hearing-state");
+  const titleEl = document.getElementById("hearing-title");
+  const sinceEl = document.getElementById("hearing-since");
+  const lockEl = document.querySelector(".hearing-lock");
+  const errorEl = document.getElementById("hearing-error");
+  const reasonSelect = document.getElementById("recess-reason");
+  const exportLink = document.getElementById("act-export");
+  const newBox = document.getElementById("hearing-new");
+  const newForm = document.getElementById("new-form");
+  const transcriptEl = document.getElementById("transcript");
+  const partialsEl = document.getElementById("partials");
+  const transcriptEmpty = document.getElementById("transcript-empty");
+  const notesEl = document.getElementById("notes");
+  const noteForm = document.getElementById("note-form");
+  const noteText = document.getElementById("note-text");
+  const eventsEl = document.getElementById("events");
+  const tilesEl = document.getElementById("video-tiles");
+  const videoEmpty = document.getElementById("video-empty");
+  const confirmDialog = document.getElementById("confirm");
+
+  let hearings = [];
+  /* the hearing shown, and whether the user picked it (else the venue's current one is followed) */
+  let shownId = "";
+  let picked = false;
+  let shown = null;
+  /* transcript of the shown hearing: segment id -> line element; the largest id seen */
+  let lines = new Map();
+  let lastId = 0;
+  const seatColour = new Map();
+  let readOnly = false;
+  let busy = false;
+  /* the reason of the latest break (from the events), for the recess banner */
+  let lastRecessReason = "";
+
+  /* ---------------------------------------------------------------------------------- helpers */
+  function clock(ms) {
+    return C.formatTime(ms).slice(11);
+  }
+
+  function showError(text) {
+    errorEl.textContent = text || "";
+    errorEl.hidden = !text;
+  }
+
+  function label(prefix, value) {
+    const key = prefix + value;
+    const text = t(key);
+    return text === key ? value : text;
+  }
+
+  function seatName(seat) {
+    return label("js.hearing.seat.", seat);
+  }
+
+  function colourOf(seat) {
+    if (!seatColour.has(seat)) {
+      seatColour.set(seat, seatColour.size % SEAT_COLOURS);
+    }
+    return seatColour.get(seat);
+  }
+
+  function venue() {
+    return venueSelect.value;
+  }
+
+  function venueName(id) {
+    const v = (DATA.venues || []).find(function (x) { return x.id === id; });
+    return v ? v.name : id;
+  }
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) {
+      node.className = cls;
+    }
+    if (text !== undefined) {
+      node.textContent = text;
+    }
+    return node;
+  }
+
+  /* ---------------------------------------------------------------------------------- hearings */
+  function ofVenue(id) {
+    return hearings.filter(function (h) { return h.venues.indexOf(id) >= 0; });
+  }
+
+  /* the venue's hearing that is on (open or recess), else the next scheduled, else the newest */
+  function currentOf(list) {
+    return list.find(function (h) { return h.state === "open" || h.state === "recess"; }) ||
+      list.find(function (h) { return h.state === "scheduled"; }) ||
+      list[0] || null;
+  }
+
+  function hearingLabel(h) {
+    const title = h.case_no ? h.case_no + " " + h.title : h.title;
+    return title + " · " + t("js.hearing.state." + h.state);
+  }
+
+  async function loadHearings() {
+    const result = await C.api("GET", "/api/v1/hearings");
+    if (!result.ok) {
+      showError(t("js.hearing.load_failed", { error: result.error }));
+      return;
+    }
+    hearings = result.data.hearings || [];
+    for (const h of hearings) {
+      for (const v of h.venues) {
+        if (!venueSelect.querySelector('option[value="' + CSS.escape(v) + '"]')) {
+          venueSelect.appendChild(new Option(v, v));
+        }
+      }
+    }
+    renderHearings();
+  }
+
+  function renderHearings() {
+    const list = ofVenue(venue());
+    if (!picked || !list.some(function (h) { return h.id === shownId; })) {
+      picked = false;
+      const current = currentOf(list);
+      shownId = current ? current.id : "";
+    }
+    hearingSelect.replaceChildren();
+    for (const h of list) {
+      hearingSelect.appendChild(new Option(hearingLabel(h), h.id, false, h.id === shownId));
+    }
+    hearingSelect.disabled = list.length === 0;
+    const next = list.find(function (h) { return h.id === shownId; }) || null;
+    const changed = (next ? next.id : "") !== (shown ? shown.id : "");
+    const stateChanged = changed || (next && shown && (next.state !== shown.state || next.held !== shown.held));
+    shown = next;
+    renderBanner();
+    renderControls();
+    if (changed) {
+      resetTranscript();
+      if (shown) {
+        loadTranscript(0);
+      }
+    }
+    if (stateChanged) {
+      loadEvents();
+    }
+  }
+
+  function renderBanner() {
+    const h = shown;
+    const state = h ? h.state : "none";
+    banner.dataset.state = state;
+    lockEl.hidden = state !== "sealed";
+    if (!h) {
+      stateEl.textContent = t("js.hearing.none_in", { venue: venueName(venue()) });
+      titleEl.textContent = "";
+      sinceEl.textContent = "";
+      return;
+    }
+    if (state === "recess") {
+      const reason = lastRecessReason || "recess";
+      stateEl.textContent = t("js.hearing.banner.recess", { reason: label("js.hearing.reason.", reason) });
+    } else {
+      stateEl.textContent = t("js.hearing.banner." + state);
+    }
+    titleEl.textContent = [h.case_no, h.title].filter(Boolean).join("  ");
+    if (state === "scheduled") {
+      sinceEl.textContent = h.scheduled_ms ? t("js.hearing.scheduled_for", { time: C.formatTime(h.scheduled_ms) }) : "";
+    } else if (state === "open" || state === "recess") {
+      sinceEl.textContent = t("js.hearing.opened_at", { time: C.formatTime(h.opened_ms) });
+    } else if (state === "closed") {
+      sinceEl.textContent = t("js.hearing.closed_at", { time: C.formatTime(h.closed_ms) });
+    } else {
+      sinceEl.textContent = t("js.hearing.sealed_at", { time: C.formatTime(h.sealed_ms) });
+    }
+  }
+
+  function renderControls() {
+    const state = shown ? shown.state : "none";
+    const can = !!DATA.can_control && !busy;
+    const enabled = {
+      start: state === "scheduled",
+      recess: state === "open",
+      resume: state === "recess",
+      close: state === "open" || state === "recess",
+      seal: state === "closed",
+    };
+    for (const button of document.querySelectorAll("[data-action]")) {
+      button.disabled = !can || !enabled[button.dataset.action];
+    }
+    reasonSelect.disabled = !can || !enabled.recess;
+    const exportable = state === "sealed" && !!DATA.can_export;
+    if (exportable) {
+      exportLink.href = "/api/v1/hearings/" + encodeURIComponent(shown.id) + "/export";
+      exportLink.setAttribute("download", shown.id + ".zip");
+      exportLink.removeAttribute("aria-disabled");
+    } else {
+      exportLink.removeAttribute("href");
+      exportLink.setAttribute("aria-disabled", "true");
+    }
+    /* a new hearing: offered when the venue has none going on */
+    const going = ofVenue(venue()).some(function (h) { return h.state === "open" || h.state === "recess" || h.state === "scheduled"; });
+    newBox.hidden = !DATA.can_control;
+    if (!going && DATA.can_control && !newBox.dataset.touched) {
+      newBox.open = true;
+    } else if (going && !newBox.dataset.touched) {
+      newBox.open = false;
+    }
+    readOnly = state === "sealed";
+    const annotate = !!shown && !!DATA.can_annotate && !readOnly;
+    noteText.disabled = !annotate;
+    noteForm.querySelector("button").disabled = !annotate;
+    transcriptEl.classList.toggle("editable", !!shown && !!DATA.can_revise && !readOnly);
+  }
+
+  /* ---------------------------------------------------------------------------------- actions */
+  function confirmFirst(text) {
+    return new Promise(function (resolve) {
+      document.getElementById("confirm-text").textContent = text;
+      const ok = document.getElementById("confirm-ok");
+      const cancel = document.getElementById("confirm-cancel");
+      function done(answer) {
+        ok.onclick = null;
+        cancel.onclick = null;
+        confirmDialog.onclose = null;
+        if (confirmDialog.open) {
+          confirmDialog.close();
+        }
+        resolve(answer);
+      }
+      ok.onclick = function () { done(true); };
+      cancel.onclick = function () { done(false); };
+      confirmDialog.onclose = function () { done(false); };
+      confirmDialog.showModal();
+    });
+  }
+
+  async function act(action) {
+    if (!shown) {
+      return;
+    }
+    showError("");
+    if (action === "close" || action === "seal") {
+      const question = action === "close" ? "js.hearing.confirm_close" : "js.hearing.confirm_seal";
+      const ok = await confirmFirst(t(question, { title: shown.title || shown.id }));
+      if (!ok) {
+        return;
+      }
+    }
+    const payload = action === "recess" ? { reason: reasonSelect.value } : undefined;
+    busy = true;
+    renderControls();
+    const result = await C.api("POST", "/api/v1/hearings/" + encodeURIComponent(shown.id) + "/" + action, payload);
+    busy = false;
+    if (!result.ok) {
+      showError(t("js.hearing.refused", { error: result.error }));
+    } else if (action === "recess") {
+      lastRecessReason = reasonSelect.value;
+    }
+    await loadHearings();
+    await loadEvents();
+  }
+
+  for (const button of document.querySelectorAll("[data-action]")) {
+    button.addEventListener("click", function () {
+      act(button.dataset.action);
+    });
+  }
+
+  newBox.addEventListener("toggle", function () {
+    newBox.dataset.touched = "1";
+  });
+
+  newForm.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    showError("");
+    const later = newForm.querySelector('input[name="when"]:checked').value === "later";
+    const body = {
+      title: document.getElementById("new-title").value.trim(),
+      case_no: document.getElementById("new-case").value.trim(),
+      venues: [venue()],
+      schedule: later,
+      scheduled_ms: later ? C.localToUtcMs(document.getElementById("new-at").value) : null,
+    };
+    const result = await C.api("POST", "/api/v1/hearings", body);
+    if (!result.ok) {
+      showError(t("js.hearing.refused", { error: result.error }));
+      return;
+    }
+    newForm.reset();
+    delete newBox.dataset.touched;
+    picked = true;
+    shownId = result.data.id;
+    await loadHearings();
+  });
+
+  venueSelect.addEventListener("change", function () {
+    localStorage.setItem(STORE, venue());
+    picked = false;
+    showError("");
+    delete newBox.dataset.touched;
+    renderHearings();
+    renderTiles();
+  });
+
+  hearingSelect.addEventListener("change", function () {
+    picked = true;
+    shownId = hearingSelect.value;
+    renderHearings();
+  });
+
+  /* ---------------------------------------------------------------------------------- events */
+  async function loadEvents() {
+    const h = shown;
+    if (!h) {
+      eventsEl.replaceChildren();
+      return;
+    }
+    const result = await C.api("GET", "/api/v1/hearings/" + encodeURIComponent(h.id) + "/events");
+    if (!result.ok || !shown || shown.id !== h.id) {
+      return;
+    }
+    const events = result.data.events || [];
+    eventsEl.replaceChildren();
+    for (const e of events) {
+      const li = el("li", "hearing-event");
+      li.dataset.state = e.state;
+      li.appendChild(el("time", "mono", C.formatTime(e.ts_ms)));
+      let what = t("js.hearing.event." + e.state);
+      if (e.state === "recess" && e.reason) {
+        what += "（" + label("js.hearing.reason.", e.reason) + "）";
+      }
+      li.appendChild(el("span", "hearing-event-what", what));
+      li.appendChild(el("span", "muted", e.by));
+      eventsEl.appendChild(li);
+      if (e.state === "recess") {
+        lastRecessReason = e.reason;
+      }
+    }
+    renderBanner();
+  }
+
+  /* ---------------------------------------------------------------------------------- transcript */
+  function resetTranscript() {
+    lines = new Map();
+    lastId = 0;
+    transcriptEl.replaceChildren();
+    partialsEl.replaceChildren();
+    notesEl.replaceChildren();
+    transcriptEmpty.hidden = false;
+  }
+
+  function seatBadge(seat) {
+    const span = el("span", "tx-seat seat-c" + colourOf(seat), seatName(seat));
+    span.dataset.seat = seat;
+    return span;
+  }
+
+  function fillLine(li, segment) {
+    li.dataset.segment = String(segment.id);
+    li.dataset.seat = segment.seat;
+    li.dataset.startUs = String(segment.start_us);
+    const corrected = segment.revisions && segment.revisions.length > 0;
+    li.classList.toggle("corrected", corrected);
+    li.replaceChildren(
+      el("time", "tx-time mono", clock(Math.floor(segment.start_us / 1000))),
+      seatBadge(segment.seat),
+      el("span", "tx-text", segment.text)
+    );
+    if (corrected) {
+      const last = segment.revisions[segment.revisions.length - 1];
+      const mark = el("span", "tx-mark", t("js.hearing.corrected"));
+      mark.dataset.testid = "tx-corrected";
+      li.appendChild(mark);
+      li.title = t("js.hearing.machine_text", { text: segment.machine_text, by: last.by, time: C.formatTime(last.at_ms) });
+    } else {
+      li.removeAttribute("title");
+    }
+  }
+
+  function addSegment(segment) {
+    if (!shown || segment.hearing !== shown.id) {
+      return;
+    }
+    lastId = Math.max(lastId, segment.id);
+    let li = lines.get(segment.id);
+    if (li) {
+      if (!li.classList.contains("editing")) {
+        fillLine(li, segment);
+      }
+    } else {
+      li = el("li", "tx-line");
+      li.tabIndex = 0;
+      fillLine(li, segment);
+      lines.set(segment.id, li);
+      /* in time order: seats speak over each other, finals may arrive out of order */
+      let before = null;
+      for (const other of transcriptEl.children) {
+        const start = Number(other.dataset.startUs);
+        if (start > segment.start_us || (start === segment.start_us && Number(other.dataset.segment) > segment.id)) {
+          before = other;
+          break;
+        }
+      }
+      transcriptEl.insertBefore(li, before);
+    }
+    /* the seat's utterance in progress is now this final */
+    const partial = partialsEl.querySelector('[data-seat="' + CSS.escape(segment.seat) + '"]');
+    if (partial) {
+      partial.remove();
+    }
+    transcriptEmpty.hidden = lines.size > 0;
+    if (!li.classList.contains("editing") && transcriptEl.lastElementChild === li) {
+      li.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  function showPartial(message) {
+    if (!shown || message.hearing !== shown.id) {
+      return;
+    }
+    let li = partialsEl.querySelector('[data-seat="' + CSS.escape(message.seat) + '"]');
+    if (!li) {
+      li = el("li", "tx-line tx-partial");
+      li.dataset.seat = message.seat;
+      partialsEl.appendChild(li);
+    }
+    li.replaceChildren(
+      el("time", "tx-time mono", clock(Math.floor(message.ts_us / 1000))),
+      seatBadge(message.seat),
+      el("span", "tx-text", message.text)
+    );
+    transcriptEmpty.hidden = true;
+  }
+
+  function renderNotes(notes) {
+    notesEl.replaceChildren();
+    const sorted = notes.slice().sort(function (a, b) { return a.ts_ms - b.ts_ms || a.id - b.id; });
+    for (const n of sorted) {
+      const li = el("li", "hearing-note");
+      li.dataset.note = String(n.id);
+      li.appendChild(el("time", "mono", clock(n.ts_ms)));
+      li.appendChild(el("span", "hearing-note-text", n.text));
+      li.appendChild(el("span", "muted", n.author));
+      notesEl.appendChild(li);
+    }
+  }
+
+  async function loadTranscript(after) {
+    const h = shown;
+    if (!h || !DATA.transcripts) {
+      return;
+    }
+    const url = "/api/v1/hearings/" + encodeURIComponent(h.id) + "/transcript?after=" + encodeURIComponent(String(after));
+    const result = await C.api("GET", url);
+    if (!result.ok || !shown || shown.id !== h.id) {
+      return;
+    }
+    for (const segment of result.data.segments || []) {
+      addSegment(segment);
+    }
+    renderNotes(result.data.notes || []);
+  }
+
+  /* clerk corrections ---------------------------------------------------------------------------- */
+  function startEdit(li) {
+    if (readOnly || !DATA.can_revise || li.classList.contains("editing") || li.classList.contains("tx-partial")) {
+      return;
+    }
+    const textEl = li.querySelector(".tx-text");
+    const input = el("input", "tx-edit");
+    input.value = textEl.textContent;
+    input.setAttribute("aria-label", t("js.hearing.edit_label"));
+    input.dataset.testid = "tx-edit";
+    li.classList.add("editing");
+    textEl.replaceWith(input);
+    input.focus();
+    input.select();
+    let finished = false;
+    async function finish(save) {
+      if (finished) {
+        return;
+      }
+      finished = true;
+      const id = li.dataset.segment;
+      if (save && input.value.trim() && input.value.trim() !== textEl.textContent) {
+        input.disabled = true;
+        const result = await C.api("POST", "/api/v1/transcript/segments/" + encodeURIComponent(id) + "/revise", { text: input.value.trim() });
+        li.classList.remove("editing");
+        if (result.ok) {
+          fillLine(li, result.data);
+          return;
+        }
+        showError(t("js.hearing.refused", { error: result.error }));
+      }
+      li.classList.remove("editing");
+      input.replaceWith(textEl);
+    }
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        finish(true);
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        finish(false);
+      }
+    });
+    input.addEventListener("blur", function () {
+      finish(false);
+    });
+  }
+
+  transcriptEl.addEventListener("click", function (event) {
+    const li = event.target.closest(".tx-line");
+    if (li && !event.target.closest("input")) {
+      startEdit(li);
+    }
+  });
+  transcriptEl.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && event.target.classList && event.target.classList.contains("tx-line")) {
+      startEdit(event.target);
+    }
+  });
+
+  /* notes ---------------------------------------------------------------------------------------- */
+  noteForm.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    const text = noteText.value.trim();
+    if (!shown || !text) {
+      return;
+    }
+    showError("");
+    const result = await C.api("POST", "/api/v1/hearings/" + encodeURIComponent(shown.id) + "/notes", {
+      ts_ms: Math.round(C.now()),
+      text: text,
+    });
+    if (!result.ok) {
+      showError(t("js.hearing.refused", { error: result.error }));
+      return;
+    }
+    noteText.value = "";
+    await loadTranscript(lastId);
+  });
+
+  /* video ---------------------------------------------------------------------------------------- */
+  function renderTiles() {
+    const mine = (DATA.cameras || []).filter(function (c) { return c.venue === venue(); });
+    const wanted = new Set(mine.map(function (c) { return c.id; }));
+    for (const tile of Array.from(tilesEl.children)) {
+      if (!wanted.has(tile.dataset.camera)) {
+        const img = tile.querySelector("img");
+        img.removeAttribute("src"); /* Chromium drops the stream */
+        tile.remove();
+      }
+    }
+    for (const camera of mine) {
+      if (tilesEl.querySelector('[data-camera="' + CSS.escape(camera.id) + '"]')) {
+        continue;
+      }
+      const figure = el("figure", "hearing-tile");
+      figure.dataset.camera = camera.id;
+      figure.dataset.testid = "video-tile";
+      const img = el("img", "hearing-img");
+      img.alt = camera.name;
+      img.src = camera.live_url;
+      figure.appendChild(img);
+      figure.appendChild(el("figcaption", "", camera.name));
+      tilesEl.appendChild(figure);
+    }
+    videoEmpty.hidden = mine.length > 0;
+  }
+
+  /* live ----------------------------------------------------------------------------------------- */
+  function onLive(message) {
+    if (message.type === "subscribed") {
+      /* connected (again): fetch what was said while we were away */
+      loadTranscript(lastId);
+    } else if (message.type === "partial") {
+      showPartial(message);
+    } else if (message.type === "final" && message.segment) {
+      addSegment(message.segment);
+    }
+  }
+
+  /* start ---------------------------------------------------------------------------------------- */
+  const params = new URLSearchParams(location.search);
+  const wantedVenue = params.get("venue") || localStorage.getItem(STORE);
+  if (wantedVenue && venueSelect.querySelector('option[value="' + CSS.escape(wantedVenue) + '"]')) {
+    venueSelect.value = wantedVenue;
+  }
+  renderTiles();
+  renderControls();
+  loadHearings().then(function () {
+    if (DATA.transcripts && (document.body.dataset.liveTopics || "").indexOf("transcript") >= 0) {
+      C.connectLive(["transcript"], onLive);
+    }
+  });
+  setInterval(function () {
+    if (!document.hidden && !busy) {
+      loadHearings();
+    }
+  }, POLL_MS);
+})();
