@@ -3,7 +3,8 @@
  * Data: the page's JSON (<script id="hearing-data">: venues, cameras, permissions); hearings from
  * GET /api/v1/hearings (polled every 4 s and after every action); the selected hearing's
  * transcript and notes from GET /api/v1/hearings/{id}/transcript (?after=<last segment id> to
- * catch up after a (re)connect) and its events from GET …/events. Live partial and final
+ * catch up after a (re)connect, and with every poll: others' notes, missed finals) and its
+ * events from GET …/events. Live partial and final
  * segments arrive on the console's WebSocket topic "transcript" (Courthub.connectLive).
  *
  * Actions (Courthub.api, CSRF header): POST /api/v1/hearings (new hearing), …/{id}/start,
@@ -177,7 +178,7 @@
     const h = shown;
     const state = h ? h.state : "none";
     banner.dataset.state = state;
-    lockEl.hidden = state !== "sealed";
+    lockEl.toggleAttribute("hidden", state !== "sealed"); /* an SVG element has no .hidden */
     if (!h) {
       stateEl.textContent = t("js.hearing.none_in", { venue: venueName(venue()) });
       titleEl.textContent = "";
@@ -296,6 +297,9 @@
 
   newBox.addEventListener("toggle", function () {
     newBox.dataset.touched = "1";
+    if (!newBox.open) {
+      showError(""); /* a refused new hearing's message goes with its form */
+    }
   });
 
   newForm.addEventListener("submit", async function (event) {
@@ -601,6 +605,7 @@
   function onLive(message) {
     if (message.type === "subscribed") {
       /* connected (again): fetch what was said while we were away */
+      transcriptEl.dataset.live = "subscribed";
       loadTranscript(lastId);
     } else if (message.type === "partial") {
       showPartial(message);
@@ -624,7 +629,10 @@
   });
   setInterval(function () {
     if (!document.hidden && !busy) {
-      loadHearings();
+      /* notes and finals others added (a missed live message, too) come with the poll */
+      loadHearings().then(function () {
+        loadTranscript(lastId);
+      });
     }
   }, POLL_MS);
 })();
