@@ -10,7 +10,8 @@
 
 ``GET …/transcript?after=N`` returns only segments with id > N (a page that missed live
 messages catches up). A correction keeps the machine text (``revisions``); a sealed hearing is
-read-only (409). Live partial and final segments go out on the console's WebSocket topic
+read-only (409). Live partial and final segments — and each correction, as
+``{"type": "revision", "hearing", "segment"}`` — go out on the console's WebSocket topic
 ``transcript`` (:mod:`dashboards.live`).
 """
 
@@ -22,6 +23,7 @@ from typing import Final
 from aiohttp import web
 
 from dashboards.auth import PRINCIPAL_KEY, Role
+from dashboards.live import LIVE_KEY, Topic
 from dashboards.routes import Route
 from dashboards.sessions import http_error, read_json_body
 from hub.hearing_record import build_transcript
@@ -156,6 +158,10 @@ async def revise_segment(request: web.Request) -> web.Response:
         )
     except TranscriptError as exc:
         raise http_error(400, str(exc)) from None
+    live = request.app.get(LIVE_KEY)
+    if live is not None:  # other open pages show the correction at once
+        message = {"type": "revision", "hearing": revised.hearing, "segment": revised.to_json()}
+        live.publish(Topic.TRANSCRIPT, message)
     return web.json_response(revised.to_json())
 
 

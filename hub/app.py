@@ -24,6 +24,7 @@ from dashboards import (
     admin_api,
     pages_board,
     pages_counter,
+    pages_hearing,
     pages_video,
     queue_api,
     recordings_api,
@@ -424,7 +425,12 @@ def console_app(
         options=ConsoleOptions(
             timezone=config.hub.timezone,
             court_name=config.hub.court_name,
-            nav=(*DEFAULT_NAV, *pages_counter.QUEUE_NAV, pages_video.WALL_NAV),
+            nav=(
+                *DEFAULT_NAV,
+                *pages_counter.QUEUE_NAV,
+                pages_video.WALL_NAV,
+                pages_hearing.HEARING_NAV,
+            ),
         ),
         extra_routes=(
             *sessions.ROUTES,
@@ -433,6 +439,7 @@ def console_app(
             *pages_counter.ROUTES,
             *pages_board.ROUTES,
             *pages_video.ROUTES,
+            *pages_hearing.ROUTES,
             *recordings_api.ROUTES,
             *transcript_api.ROUTES,
         ),

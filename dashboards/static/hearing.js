@@ -611,6 +611,12 @@
       showPartial(message);
     } else if (message.type === "final" && message.segment) {
       addSegment(message.segment);
+    } else if (message.type === "revision" && message.segment) {
+      /* another page corrected a line: show the correction here too */
+      const li = lines.get(message.segment.id);
+      if (li && !li.classList.contains("editing")) {
+        fillLine(li, message.segment);
+      }
     }
   }
 

@@ -362,6 +362,9 @@ async def test_a_hearing_from_opening_to_its_sealed_export(
     assert [(r.text, r.by) for r in revised.revisions] == [
         ("现在开庭，核对当事人身份。", CLERK.username)
     ]
+    # the judge's page shows the clerk's correction live, without a reload
+    judge_line = judge.locator(f'#transcript li[data-segment="{segment_id}"]')
+    await expect(judge_line.locator(".tx-text")).to_have_text("现在开庭，核对当事人身份。")
 
     # a note at "now"
     before = now_ms()
