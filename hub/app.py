@@ -75,7 +75,7 @@ from hub.recording_index import DB_FILE, RecordingIndex
 from hub.retention import RetentionSweeper
 from hub.service import HubService
 from hub.transcript_store import TranscriptStore
-from hub.voice_follow import VoiceFollow
+from hub.voice_follow import VoiceFollow, follow_loudest_seats
 from protocol.mqtt_link import BrokerUrl
 
 log = logging.getLogger(__name__)
@@ -289,8 +289,20 @@ async def _start_video(
     retention = RetentionSweeper(config.recorder, index, alerts=alerts, audit=audit)
     sweeper = asyncio.create_task(retention.run(), name="retention")
     parts.push_async_callback(_cancel, sweeper)
-    voice_follow = VoiceFollow(service.call_command, config.recorder.ptz_by_venue())
+    ptz = config.recorder.ptz_by_venue()
+    voice_follow = VoiceFollow(service.call_command, ptz)
     parts.push_async_callback(_logged, "voice follow close", voice_follow.close)
+    if ptz:  # the loudest seat of an open hearing turns its courtroom's camera
+        follower = asyncio.create_task(
+            follow_loudest_seats(
+                voice_follow,
+                sorted(ptz),
+                loudest_seat=audio.loudest_seat,
+                recording=lambda venue: hearings.active_session(venue) is not None,
+            ),
+            name="voice-follow",
+        )
+        parts.push_async_callback(_cancel, follower)
     return VideoParts(
         index,
         alerts,

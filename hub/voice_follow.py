@@ -160,3 +160,27 @@ class VoiceFollow:
             outcome.error,
         )
         return False
+
+
+async def follow_loudest_seats(
+    follow: VoiceFollow,
+    venues: list[str],
+    *,
+    loudest_seat: Callable[[str], str | None],
+    recording: Callable[[str], bool],
+    interval_s: float = 0.5,
+) -> None:
+    """Until cancelled: every ``interval_s``, tell ``follow`` the loudest seat of each venue
+    whose hearing records (``recording(venue)``) — the audio recorder's levels, with their own
+    hysteresis, are the source; between hearings the camera stays where it is."""
+    while True:
+        await asyncio.sleep(interval_s)
+        for venue in venues:
+            try:
+                if not recording(venue):
+                    continue
+                seat = loudest_seat(venue)
+                if seat is not None:
+                    await follow.on_loudest_seat(venue, seat)
+            except Exception:  # following the voice must not stop over one bad pass
+                log.exception("voice follow pass failed venue=%s", venue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -159,3 +160,44 @@ async def test_talker_cutting_in_during_a_slow_recall_is_held(clock: Clock) -> N
 def test_bad_hold() -> None:
     with pytest.raises(ValueError, match="min_hold_s"):
         VoiceFollow(FakeHub().call_command, {}, min_hold_s=-1)
+
+
+async def test_the_loudest_seat_of_a_recording_venue_turns_its_camera() -> None:
+    """The hub's loop: levels → loudest seat → recall, only while the venue's hearing records."""
+    from hub.voice_follow import follow_loudest_seats
+
+    calls: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    async def call(
+        agent: str, device: str, name: str, args: dict[str, Any], timeout_s: float
+    ) -> Any:
+        calls.append((agent, device, name, args))
+        return CommandOutcome(ok=True)
+
+    follow = VoiceFollow(call, {"court-1": ("court-1", "ptz-1")}, min_hold_s=0)
+    loudest = {"court-1": "witness"}
+    recording = {"court-1": False}
+    task = asyncio.create_task(
+        follow_loudest_seats(
+            follow,
+            ["court-1"],
+            loudest_seat=loudest.get,
+            recording=recording.__getitem__,
+            interval_s=0.01,
+        )
+    )
+    try:
+        await asyncio.sleep(0.1)
+        assert calls == []  # no hearing records: the camera stays where it is
+        recording["court-1"] = True
+        for _ in range(200):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        assert calls[0][:3] == ("court-1", "ptz-1", "recall_preset")
+        assert calls[0][3] == {"seat": "witness"}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await follow.close()
