@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/courthub bench ws
 	$(BIN)/courthub bench calls
 	$(BIN)/courthub bench video
+	$(BIN)/courthub bench transcription
 
 # the console's pages in headless Chromium, saved as PNGs for the README (tests/browser)
 screenshots: setup

@@ -160,6 +160,12 @@ def _cmd_bench_video(args: argparse.Namespace) -> int:
     return video_main(argv)
 
 
+def _cmd_bench_transcription(args: argparse.Namespace) -> int:
+    from bench.transcription import main as transcription_main
+
+    return transcription_main(args.rest)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from protocol.messages import json_schemas
 
@@ -215,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--opencv-cameras", type=int, default=4, help="720p25 MJPEG cameras (0: skip)")
     b.add_argument("--no-live", action="store_true", help="skip the live-feed latency")
     b.set_defaults(func=_cmd_bench_video)
+    b = bench.add_parser("transcription", help="Vosk: live seat channels, latency, memory")
+    b.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="options of python -m bench.transcription"
+    )
+    b.set_defaults(func=_cmd_bench_transcription)
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
     p.set_defaults(func=_cmd_schema)
