@@ -1,31 +1,38 @@
 """JSON API of the recorded venues: hearings (open, close, legal hold, seal, export), the segment
 and gap index, the recorder's camera health, evidence verification and the alert board.
 
-| route                                          | roles                              |
-|------------------------------------------------|------------------------------------|
-| ``GET  /api/v1/hearings``                      | judge, clerk, admin, technician    |
-| ``POST /api/v1/hearings``                      | judge, clerk, admin                |
-| ``POST /api/v1/hearings/{id}/start``           | judge, clerk, admin                |
-| ``POST /api/v1/hearings/{id}/recess``          | judge, clerk, admin                |
-| ``POST /api/v1/hearings/{id}/resume``          | judge, clerk, admin                |
-| ``GET  /api/v1/hearings/{id}/events``          | judge, clerk, admin, technician    |
-| ``POST /api/v1/hearings/{id}/close``           | judge, clerk, admin                |
-| ``POST /api/v1/hearings/{id}/hold``            | judge, admin                       |
-| ``POST /api/v1/hearings/{id}/seal``            | judge, clerk, admin                |
-| ``GET  /api/v1/hearings/{id}/export``          | judge, clerk, admin                |
-| ``GET  /api/v1/recordings/segments``           | judge, clerk, admin, technician    |
-| ``GET  /api/v1/recordings/gaps``               | judge, clerk, admin, technician    |
-| ``GET  /api/v1/recordings/status``             | admin, technician, commander       |
-| ``POST /api/v1/recordings/verify``             | judge, admin, technician           |
-| ``GET  /api/v1/alerts``                        | admin, technician, commander       |
+| route                                            | roles                              |
+|--------------------------------------------------|------------------------------------|
+| ``GET  /api/v1/hearings``                        | judge, clerk, admin, technician    |
+| ``POST /api/v1/hearings``                        | judge, clerk, admin                |
+| ``POST /api/v1/hearings/{id}/start``             | judge, clerk, admin                |
+| ``POST /api/v1/hearings/{id}/recess``            | judge, clerk, admin                |
+| ``POST /api/v1/hearings/{id}/resume``            | judge, clerk, admin                |
+| ``GET  /api/v1/hearings/{id}/events``            | judge, clerk, admin, technician    |
+| ``POST /api/v1/hearings/{id}/close``             | judge, clerk, admin                |
+| ``POST /api/v1/hearings/{id}/hold``              | judge, admin                       |
+| ``POST /api/v1/hearings/{id}/seal``              | judge, clerk, admin                |
+| ``GET  /api/v1/hearings/{id}/export``            | judge, clerk, admin                |
+| ``GET  /api/v1/recordings/segments``             | judge, clerk, admin, technician    |
+| ``GET  /api/v1/recordings/segments/{id}/media``  | judge, clerk, admin                |
+| ``GET  /api/v1/recordings/gaps``                 | judge, clerk, admin, technician    |
+| ``GET  /api/v1/recordings/status``               | admin, technician, commander       |
+| ``POST /api/v1/recordings/verify``               | judge, admin, technician           |
+| ``GET  /api/v1/alerts``                          | admin, technician, commander       |
 
 A refused hearing action answers **409** ``{"error": …}``. Open/close/hold/seal/export are in
 the audit trail (written by :class:`hub.hearings.HearingService`).
+
+A segment's ``media`` is its file for playback (:mod:`hub.segment_media`): a seat's WAV as is
+with HTTP ranges, H.264 ``.ts``/``.mkv`` remuxed and MJPEG ``.avi`` transcoded on the fly to
+fragmented MP4 by an ffmpeg that dies with the hub and when the client goes away. Playback is
+logged, not audited (watching is not an export: nothing leaves as a file the court must track).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -38,10 +45,12 @@ from dashboards.auth import PRINCIPAL_KEY, Role
 from dashboards.routes import Route
 from dashboards.sessions import http_error, read_json_body
 from hub.alerts import AlertBoard
+from hub.child_process import preexec, stop_process
 from hub.evidence import EvidenceError, verify_recordings
 from hub.hearings import HearingError, HearingService
 from hub.recorder import Recorder
 from hub.recording_index import RecordingIndex
+from hub.segment_media import MediaError, MediaPlan, UnplayableMedia, plan_media, segment_by_id
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +239,85 @@ async def list_segments(request: web.Request) -> web.Response:
     return web.json_response({"segments": [s.to_json() for s in segments[-1000:]]})
 
 
+async def segment_media(request: web.Request) -> web.StreamResponse:
+    """The segment's file for a ``<audio>``/``<video>`` element (see the module docstring)."""
+    ctx = _ctx(request)
+    try:
+        segment_id = int(request.match_info["id"])
+    except ValueError:
+        raise http_error(404, "no such segment") from None
+    segment = await asyncio.to_thread(segment_by_id, ctx.db_path, segment_id)
+    if segment is None:
+        raise http_error(404, f"no segment {segment_id}")
+    try:
+        plan = await asyncio.to_thread(plan_media, ctx.index.storage_root, segment)
+    except MediaError as exc:
+        if isinstance(exc, UnplayableMedia):
+            raise _unplayable(str(exc)) from None
+        raise http_error(404, str(exc)) from None
+    log.info(
+        "playback segment=%s camera=%s session=%s by=%s range=%s",
+        segment.id,
+        segment.camera,
+        segment.session_id,
+        _user(request),
+        request.headers.get("Range", "-"),
+    )
+    if plan.command is None:
+        return web.FileResponse(
+            plan.path, headers={"Content-Type": plan.content_type, "Cache-Control": "no-store"}
+        )
+    return await _stream_ffmpeg(request, plan)
+
+
+MEDIA_CHUNK: Final = 64 * 1024
+
+
+def _unplayable(message: str) -> web.HTTPException:
+    """415 ``{"error": message}``: the file is there but no browser could play it."""
+    return web.HTTPUnsupportedMediaType(
+        text=json.dumps({"error": message}, ensure_ascii=False), content_type="application/json"
+    )
+
+
+async def _stream_ffmpeg(request: web.Request, plan: MediaPlan) -> web.StreamResponse:
+    """ffmpeg's fragmented MP4 as a chunked response; ffmpeg stops when the client goes away."""
+    assert plan.command is not None
+    proc = await asyncio.create_subprocess_exec(
+        *plan.command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr_task = asyncio.ensure_future(proc.stderr.read())
+    response = web.StreamResponse(
+        headers={"Content-Type": plan.content_type, "Cache-Control": "no-store"}
+    )
+    try:
+        first = await proc.stdout.read(MEDIA_CHUNK)
+        if not first:
+            # nothing came out: the file is not what its name says; say so instead of an empty 200
+            await proc.wait()
+            error = (await stderr_task).decode(errors="replace").strip()[-300:]
+            log.warning("playback failed path=%s rc=%s error=%s", plan.path, proc.returncode, error)
+            raise _unplayable(f"segment file cannot be converted for playback: {error}")
+        await response.prepare(request)
+        chunk = first
+        while chunk:
+            await response.write(chunk)
+            chunk = await proc.stdout.read(MEDIA_CHUNK)
+        await response.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        log.info("playback client went away path=%s", plan.path)
+        raise
+    finally:
+        await stop_process(proc, grace_s=1.0)
+        stderr_task.cancel()
+    return response
+
+
 async def list_gaps(request: web.Request) -> web.Response:
     """Gaps (camera lost, from, to, reason)."""
     gaps = await _ctx(request).index.gaps(
@@ -297,6 +385,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/api/v1/hearings/{id}/seal", seal_hearing, HEARING_WRITERS),
     Route("GET", "/api/v1/hearings/{id}/export", export_hearing, HEARING_WRITERS),
     Route("GET", "/api/v1/recordings/segments", list_segments, HEARING_READERS),
+    Route("GET", "/api/v1/recordings/segments/{id}/media", segment_media, HEARING_WRITERS),
     Route("GET", "/api/v1/recordings/gaps", list_gaps, HEARING_READERS),
     Route("GET", "/api/v1/recordings/status", recorder_status, WATCHERS),
     Route("POST", "/api/v1/recordings/verify", verify, VERIFIERS),
