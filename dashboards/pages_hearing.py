@@ -9,9 +9,11 @@ cannot be missed (red pulsing "录制中 REC" while open, amber during a recess,
 lock once sealed), the lifecycle controls (start, recess with its reason, resume, close, seal —
 close and seal ask for confirmation — and the sealed bundle's download), the live transcript by
 seat with clerk corrections, timestamped notes, the venue's live camera tiles and the hearing's
-events. ``static/hearing.js`` does the work against the existing APIs:
-:mod:`dashboards.recordings_api` (hearings), :mod:`dashboards.transcript_api` (transcript,
-notes, revisions) and the ``transcript`` topic of the live socket (:mod:`dashboards.live`).
+events; once closed, playback of its recordings synced to the transcript (click a line to go
+there, the line being heard is highlighted). ``static/hearing.js`` does the work against the
+existing APIs: :mod:`dashboards.recordings_api` (hearings, segments and their media),
+:mod:`dashboards.transcript_api` (transcript, notes, revisions) and the ``transcript`` topic of
+the live socket (:mod:`dashboards.live`).
 
 What the page needs from the server is rendered into it as JSON: the venues a hearing may be held
 in (the registry's courtrooms and interrogation rooms, the cameras' venues, the hearings'
@@ -111,6 +113,7 @@ def page_data(request: web.Request) -> dict[str, Any]:
     """What ``hearing.js`` starts from: venues, cameras, permissions, recess reasons."""
     principal: Principal = request[PRINCIPAL_KEY]
     live = request.config_dict.get(LIVE_VIDEO_KEY)
+    recordings = request.config_dict.get(RECORDINGS_KEY)
     cameras: list[dict[str, Any]] = []
     if live is not None and _may(request, principal, "GET", "/video/{camera}/live.mjpg"):
         cameras = [
@@ -122,7 +125,7 @@ def page_data(request: web.Request) -> dict[str, Any]:
         "venues": [v.to_json() for v in hearing_venues(request)],
         "cameras": cameras,
         "reasons": list(RECESS_REASONS),
-        "recordings": request.config_dict.get(RECORDINGS_KEY) is not None,
+        "recordings": recordings is not None,
         "transcripts": request.config_dict.get(TRANSCRIPT_KEY) is not None,
         "can_control": _may(request, principal, "POST", "/api/v1/hearings/{id}/close"),
         "can_annotate": _may(request, principal, "POST", "/api/v1/hearings/{id}/notes"),
@@ -130,6 +133,8 @@ def page_data(request: web.Request) -> dict[str, Any]:
             request, principal, "POST", "/api/v1/transcript/segments/{segment}/revise"
         ),
         "can_export": _may(request, principal, "GET", "/api/v1/hearings/{id}/export"),
+        "can_play": recordings is not None
+        and _may(request, principal, "GET", "/api/v1/recordings/segments/{id}/media"),
     }
 
 

@@ -12,6 +12,12 @@
  * link to GET …/{id}/export once sealed. A refused action (409) shows its message inline.
  * Clerk corrections: click a line, Enter saves (POST /api/v1/transcript/segments/{id}/revise),
  * Esc cancels. Notes: POST …/{id}/notes at "now" (court clock). All times in the court's zone.
+ *
+ * Playback (closed or sealed hearing): the hearing's segments from
+ * GET /api/v1/recordings/segments?session=<id>, played from GET …/segments/{id}/media: one seat's
+ * audio (picker) and, if the user may watch a camera that recorded, its video following the audio.
+ * A click on a line switches to its seat and seeks there (a double-click corrects it); the lines
+ * being heard are highlighted; at a segment's end play goes on with the track's next segment.
  */
 (function () {
   "use strict";
@@ -171,6 +177,7 @@
     }
     if (stateChanged) {
       loadEvents();
+      loadPlayback();
     }
   }
 
@@ -239,6 +246,7 @@
     noteText.disabled = !annotate;
     noteForm.querySelector("button").disabled = !annotate;
     transcriptEl.classList.toggle("editable", !!shown && !!DATA.can_revise && !readOnly);
+    transcriptEl.classList.toggle("playable", playbackOn());
   }
 
   /* ---------------------------------------------------------------------------------- actions */
@@ -391,6 +399,7 @@
     li.dataset.segment = String(segment.id);
     li.dataset.seat = segment.seat;
     li.dataset.startUs = String(segment.start_us);
+    li.dataset.endUs = String(segment.end_us);
     const corrected = segment.revisions && segment.revisions.length > 0;
     li.classList.toggle("corrected", corrected);
     li.replaceChildren(
@@ -541,9 +550,22 @@
     });
   }
 
+  /* a click corrects a line while the hearing goes on; once closed it seeks the playback there
+   * and a double-click corrects (until sealed) */
   transcriptEl.addEventListener("click", function (event) {
     const li = event.target.closest(".tx-line");
-    if (li && !event.target.closest("input")) {
+    if (!li || event.target.closest("input")) {
+      return;
+    }
+    if (playbackOn()) {
+      seekToLine(li);
+    } else {
+      startEdit(li);
+    }
+  });
+  transcriptEl.addEventListener("dblclick", function (event) {
+    const li = event.target.closest(".tx-line");
+    if (li && playbackOn() && !event.target.closest("input")) {
       startEdit(li);
     }
   });
@@ -599,6 +621,288 @@
       tilesEl.appendChild(figure);
     }
     videoEmpty.hidden = mine.length > 0;
+  }
+
+  /* playback ------------------------------------------------------------------------------------ */
+  /* Once the hearing is closed its recordings play back beside the transcript: one seat's audio
+   * (the <audio> with controls leads) and the selected camera's video (muted, follows the audio's
+   * time). Every segment is a file covering [start_ms, end_ms) in capture UTC; a time t is played
+   * as the segment covering it (or the next one, across a recess) at offset t - start. */
+  const playBox = document.getElementById("playback");
+  const playEmpty = document.getElementById("play-empty");
+  const audioEl = document.getElementById("play-audio");
+  const videoEl = document.getElementById("play-video");
+  const audioRow = document.getElementById("play-audio-row");
+  const videoRow = document.getElementById("play-video-row");
+  const seatSelect = document.getElementById("play-seat");
+  const cameraSelect = document.getElementById("play-camera");
+  const playClock = document.getElementById("play-clock");
+  /* track id -> its segments (oldest first) */
+  let audioTracks = new Map();
+  let videoTracks = new Map();
+  /* the hearing whose recordings are listed */
+  let playFor = "";
+  /* element -> the segment it plays, and the offset (s) to go to once its file is open */
+  const loadedSegment = new Map();
+  const wantedOffset = new Map();
+  /* tolerated drift of the video behind/ahead of the audio before it is moved (s) */
+  const VIDEO_DRIFT_S = 0.4;
+
+  function playbackOn() {
+    return !!shown && !!DATA.can_play && (shown.state === "closed" || shown.state === "sealed");
+  }
+
+  function leader() {
+    return audioTracks.size > 0 ? audioEl : videoEl;
+  }
+
+  function players() {
+    const list = [];
+    if (audioTracks.size > 0) {
+      list.push(audioEl);
+    }
+    if (videoTracks.size > 0) {
+      list.push(videoEl);
+    }
+    return list;
+  }
+
+  function trackOf(media) {
+    return media === audioEl ? audioTracks.get(seatSelect.value) : videoTracks.get(cameraSelect.value);
+  }
+
+  /* the segment playing t, else the first after t (a recess, a gap) */
+  function segmentAt(segments, t) {
+    return (segments || []).find(function (s) { return t < s.end_ms; }) || null;
+  }
+
+  function absoluteTime(media) {
+    const segment = loadedSegment.get(media);
+    return segment ? segment.start_ms + media.currentTime * 1000 : null;
+  }
+
+  function unload(media) {
+    media.pause();
+    loadedSegment.delete(media);
+    wantedOffset.delete(media);
+    media.removeAttribute("src");
+    media.load();
+  }
+
+  /* put `media` at `offset` seconds into `segment`, opening its file if it is not the loaded one */
+  function place(media, segment, offset) {
+    if (loadedSegment.get(media) === segment) {
+      if (media.readyState >= 1) {
+        media.currentTime = offset;
+      } else {
+        wantedOffset.set(media, offset);
+      }
+      return;
+    }
+    loadedSegment.set(media, segment);
+    wantedOffset.set(media, offset);
+    media.src = "/api/v1/recordings/segments/" + encodeURIComponent(String(segment.id)) + "/media";
+  }
+
+  function onMetadata(event) {
+    const media = event.target;
+    const offset = wantedOffset.get(media);
+    wantedOffset.delete(media);
+    if (offset) {
+      media.currentTime = offset;
+    }
+    if (media === leader()) {
+      showPosition(absoluteTime(media));
+    }
+  }
+
+  /* seek every player to capture time t (ms), keeping play or pause */
+  function seekTo(t) {
+    const lead = leader();
+    const wasPlaying = !lead.paused && !lead.ended;
+    for (const media of players()) {
+      const segment = segmentAt(trackOf(media), t);
+      if (segment) {
+        place(media, segment, Math.max(0, (t - segment.start_ms) / 1000));
+      }
+    }
+    if (wasPlaying) {
+      for (const media of players()) {
+        media.play().catch(function () {});
+      }
+    }
+    showPosition(t);
+  }
+
+  function seatTrack(seat) {
+    for (const track of audioTracks.keys()) {
+      if (track === seat || track.endsWith("-" + seat)) {
+        return track;
+      }
+    }
+    return "";
+  }
+
+  /* a line: its seat's audio, at its start */
+  function seekToLine(li) {
+    const track = seatTrack(li.dataset.seat || "");
+    if (track && seatSelect.value !== track) {
+      seatSelect.value = track;
+    }
+    seekTo(Number(li.dataset.startUs) / 1000);
+  }
+
+  /* the lines spoken at t: highlighted (the first scrolled into view when it changes) */
+  function showPosition(t) {
+    playClock.textContent = t === null ? "" : C.formatTime(Math.floor(t));
+    let first = null;
+    for (const li of lines.values()) {
+      const on = t !== null && Number(li.dataset.startUs) / 1000 <= t && t < Number(li.dataset.endUs) / 1000;
+      if (on && !li.classList.contains("tx-playing") && !first) {
+        first = li;
+      }
+      li.classList.toggle("tx-playing", on);
+    }
+    if (first) {
+      first.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  function onLeaderTime() {
+    const t = absoluteTime(leader());
+    showPosition(t);
+    /* the video follows the audio: the covering segment, within VIDEO_DRIFT_S */
+    if (t === null || leader() === videoEl || videoTracks.size === 0 || (videoEl.readyState < 1 && loadedSegment.has(videoEl))) {
+      return;
+    }
+    const segment = segmentAt(trackOf(videoEl), t);
+    if (!segment || segment.start_ms > t) {
+      videoEl.pause();
+      return;
+    }
+    const at = absoluteTime(videoEl);
+    if (loadedSegment.get(videoEl) !== segment || at === null || Math.abs(at - t) > VIDEO_DRIFT_S * 1000) {
+      place(videoEl, segment, (t - segment.start_ms) / 1000);
+    }
+    if (!audioEl.paused && videoEl.paused) {
+      videoEl.play().catch(function () {});
+    }
+  }
+
+  /* the leader's segment ended: on into the track's next one */
+  function onLeaderEnded() {
+    const current = loadedSegment.get(leader());
+    const segments = trackOf(leader()) || [];
+    const next = current ? segments[segments.indexOf(current) + 1] : null;
+    if (!next) {
+      videoEl.pause();
+      return;
+    }
+    place(leader(), next, 0);
+    leader().play().catch(function () {});
+    onLeaderTime();
+  }
+
+  function fillPicker(select, tracks, name) {
+    select.replaceChildren();
+    for (const track of tracks.keys()) {
+      select.appendChild(new Option(name(track), track));
+    }
+  }
+
+  async function loadPlayback() {
+    const on = playbackOn();
+    playBox.hidden = !on;
+    renderControls();
+    if (!on) {
+      if (playFor) {
+        playFor = "";
+        unload(audioEl);
+        unload(videoEl);
+        audioTracks = new Map();
+        videoTracks = new Map();
+        showPosition(null);
+      }
+      return;
+    }
+    const h = shown;
+    if (playFor === h.id) {
+      return;
+    }
+    playFor = h.id;
+    unload(audioEl);
+    unload(videoEl);
+    const result = await C.api("GET", "/api/v1/recordings/segments?session=" + encodeURIComponent(h.id));
+    if (!result.ok || !shown || shown.id !== h.id) {
+      playFor = "";
+      return;
+    }
+    const watchable = new Map((DATA.cameras || []).map(function (c) { return [c.id, c.name]; }));
+    audioTracks = new Map();
+    videoTracks = new Map();
+    for (const s of result.data.segments || []) {
+      const audio = s.path.toLowerCase().endsWith(".wav");
+      if (!audio && !watchable.has(s.camera)) {
+        continue; /* only cameras this user may watch */
+      }
+      const tracks = audio ? audioTracks : videoTracks;
+      if (!tracks.has(s.camera)) {
+        tracks.set(s.camera, []);
+      }
+      tracks.get(s.camera).push(s);
+    }
+    fillPicker(seatSelect, audioTracks, function (track) {
+      return seatName(track.split("-").pop()) + " (" + track + ")";
+    });
+    fillPicker(cameraSelect, videoTracks, function (camera) {
+      return watchable.get(camera) + " (" + camera + ")";
+    });
+    audioRow.hidden = audioTracks.size === 0;
+    videoRow.hidden = videoTracks.size === 0;
+    playEmpty.hidden = audioTracks.size + videoTracks.size > 0;
+    audioEl.controls = true;
+    videoEl.controls = audioTracks.size === 0;
+    const all = Array.from(audioTracks.values()).concat(Array.from(videoTracks.values()));
+    const first = Math.min.apply(null, all.map(function (list) { return list[0].start_ms; }));
+    if (all.length > 0) {
+      seekTo(first);
+    }
+    renderControls();
+  }
+
+  for (const media of [audioEl, videoEl]) {
+    media.addEventListener("loadedmetadata", onMetadata);
+    media.addEventListener("error", function () {
+      if (media.getAttribute("src")) {
+        showError(t("js.hearing.play_failed", { error: media.error ? media.error.message || String(media.error.code) : "" }));
+      }
+    });
+    media.addEventListener("timeupdate", function () {
+      if (media === leader()) {
+        onLeaderTime();
+      }
+    });
+    media.addEventListener("ended", function () {
+      if (media === leader()) {
+        onLeaderEnded();
+      }
+    });
+    media.addEventListener("play", function () {
+      if (media === audioEl && videoTracks.size > 0) {
+        onLeaderTime();
+      }
+    });
+    media.addEventListener("pause", function () {
+      if (media === audioEl && !audioEl.ended) {
+        videoEl.pause();
+      }
+    });
+  }
+  for (const select of [seatSelect, cameraSelect]) {
+    select.addEventListener("change", function () {
+      const t = absoluteTime(leader());
+      seekTo(t === null ? 0 : t);
+    });
   }
 
   /* live ----------------------------------------------------------------------------------------- */
