@@ -27,12 +27,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from transcription.engine import Final, Recognizer, SpeechEngine
 
 log = logging.getLogger(__name__)
 
 BYTES_PER_SAMPLE = 2  # s16le mono
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +189,7 @@ class ChannelStream:
             if self._timeline.add(capture_ts_us, samples):
                 self.stats.gaps += 1
                 log.debug("capture gap seat=%s ts_us=%d", self.seat, capture_ts_us)
-            loop = asyncio.get_running_loop()
-            final, partial, took = await loop.run_in_executor(self._executor, self._decode, pcm)
+            final, partial, took = await self._off_loop(self._decode, pcm)
             self.stats.frames_decoded += 1
             self.stats.samples_decoded += samples
             self.stats.decode_seconds += took
@@ -199,9 +201,22 @@ class ChannelStream:
             if self._closed:
                 return []
             self._closed = True
-            loop = asyncio.get_running_loop()
-            final = await loop.run_in_executor(self._executor, self._rec.flush)
+            final = await self._off_loop(self._rec.flush)
             return self._emit(final, None)
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` in the executor. A cancelled caller still waits for the call to end,
+        keeping the lock: a Vosk recognizer used by two threads at once aborts the process
+        (seen when a hub stopped mid-decode and flushed the stream: AcceptWaveform and
+        FinalResult together)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # retrieved: the caller is gone, nobody else will
+            raise
 
     def _decode(self, pcm: bytes) -> tuple[Final | None, str | None, float]:
         # runs in the executor: both Vosk calls stay off the event loop
