@@ -1,5 +1,5 @@
 """A whole simulated court: every venue run by a real edge-agent process whose drivers talk to
-simulated devices (MQTT kiosks, HTTP sensors), plus the fault injector.
+simulated devices (MQTT kiosks, HTTP sensors, WAV-file microphones), plus the fault injector.
 
 Agents run as child processes (``python -m edge_agents --config …``) so that "kill an agent"
 is a real ``kill -9`` and the broker publishes the agent's will, exactly as in a court.
@@ -24,6 +24,7 @@ from protocol.messages import Telemetry, encode, now_ms
 from protocol.mqtt_link import BrokerUrl, MqttLink
 from protocol.topics import TopicKind, build
 from simulators.court_cameras import CourtCameras
+from simulators.court_microphones import prepare_microphone
 from simulators.escpos_printer import SimulatedPrinter
 from simulators.http_sensor import SensorServer
 from simulators.kiosk import KioskProfile, SimulatedKiosk
@@ -59,8 +60,10 @@ def agent_config_dict(
     sensors: SensorServer,
     led_port: str | None = None,
     printer_port: str | None = None,
+    microphone: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The venue config (same shape as a venue TOML file) of one simulated venue's agent."""
+    """The venue config (same shape as a venue TOML file) of one simulated venue's agent;
+    ``microphone``: its microphone device entry (:func:`prepare_microphone`)."""
     devices: list[dict[str, Any]] = [
         {
             "id": f"kiosk-{i + 1}",
@@ -105,6 +108,8 @@ def agent_config_dict(
                 "options": {"port": printer_port, "status_interval_s": 5.0},
             }
         )
+    if microphone is not None:
+        devices.append(microphone)
     return {
         "agent": {"id": venue.agent, "data_dir": str(data_dir), "heartbeat_s": 5.0},
         "venue": {"id": venue.venue_id, "kind": venue.kind.value, "name": venue.name},
@@ -222,6 +227,8 @@ class SimulatedCourt:
         self.led_buses: dict[str, SimulatedLedBus] = {}
         #: each venue's thermal ticket printer (a pty), by agent id
         self.printers: dict[str, SimulatedPrinter] = {}
+        #: each venue's microphone device entry (its seat WAVs are written at start), by agent id
+        self.microphones: dict[str, dict[str, Any]] = {}
         self.agents: dict[str, AgentProcess] = {}
         self.faults_done: Counter[str] = Counter()
         self._fault_tasks: list[asyncio.Task[None]] = []
@@ -242,6 +249,13 @@ class SimulatedCourt:
                 printer = SimulatedPrinter()
                 await printer.start()
                 self.printers[venue.agent] = printer
+            if venue.microphone is not None:
+                self.microphones[venue.agent] = await asyncio.to_thread(
+                    prepare_microphone,
+                    self.work_dir / "agents" / venue.agent / "microphone",
+                    venue.microphone,
+                    seed=self.scenario.court.seed,
+                )
         for index, venue in enumerate(self.scenario.venues):
             self._start_agent(venue)
             await self._start_kiosks(venue, seed=self.scenario.court.seed + index)
@@ -261,6 +275,7 @@ class SimulatedCourt:
             printer_port=(
                 self.printers[venue.agent].path if venue.agent in self.printers else None
             ),
+            microphone=self.microphones.get(venue.agent),
         )
         config_path = agent_dir / "venue.toml"
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

