@@ -163,7 +163,19 @@ def _cmd_bench_video(args: argparse.Namespace) -> int:
 def _cmd_bench_transcription(args: argparse.Namespace) -> int:
     from bench.transcription import main as transcription_main
 
-    return transcription_main(args.rest)
+    argv = ["--channels", args.channels, "--seconds", str(args.seconds)]
+    argv += ["--hearing-minutes", str(args.hearing_minutes), "--threads", str(args.threads)]
+    return transcription_main(argv + (["--no-probe"] if args.no_probe else []))
+
+
+def _add_bench_transcription(bench: Any) -> None:
+    b = bench.add_parser("transcription", help="Vosk: live seat channels, latency, memory")
+    b.add_argument("--channels", default="1,2,4,6", help="real-time runs (then N+2 while kept up)")
+    b.add_argument("--no-probe", action="store_true", help="only the --channels runs")
+    b.add_argument("--seconds", type=float, default=60.0, help="audio per real-time run")
+    b.add_argument("--threads", type=int, default=2, help="decoder pool size")
+    b.add_argument("--hearing-minutes", type=float, default=10.0, help="memory run (0: skip)")
+    b.set_defaults(func=_cmd_bench_transcription)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -221,11 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--opencv-cameras", type=int, default=4, help="720p25 MJPEG cameras (0: skip)")
     b.add_argument("--no-live", action="store_true", help="skip the live-feed latency")
     b.set_defaults(func=_cmd_bench_video)
-    b = bench.add_parser("transcription", help="Vosk: live seat channels, latency, memory")
-    b.add_argument(
-        "rest", nargs=argparse.REMAINDER, help="options of python -m bench.transcription"
-    )
-    b.set_defaults(func=_cmd_bench_transcription)
+    _add_bench_transcription(bench)
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
     p.set_defaults(func=_cmd_schema)
