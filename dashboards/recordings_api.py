@@ -32,6 +32,7 @@ logged, not audited (watching is not an export: nothing leaves as a file the cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import tempfile
@@ -313,9 +314,18 @@ async def _stream_ffmpeg(request: web.Request, plan: MediaPlan) -> web.StreamRes
         log.info("playback client went away path=%s", plan.path)
         raise
     finally:
-        await stop_process(proc, grace_s=1.0)
-        stderr_task.cancel()
+        # shielded: a second cancellation (the server shutting down) must not leave ffmpeg behind
+        await asyncio.shield(_finish_ffmpeg(proc, stderr_task))
     return response
+
+
+async def _finish_ffmpeg(proc: asyncio.subprocess.Process, stderr: asyncio.Future[bytes]) -> None:
+    """Stop ffmpeg and drain its pipes, so that its transport closes now."""
+    await stop_process(proc, grace_s=1.0)
+    assert proc.stdout is not None
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(proc.stdout.read(), stderr), 2)
+    log.info("playback ffmpeg finished pid=%s rc=%s", proc.pid, proc.returncode)
 
 
 async def list_gaps(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -202,3 +203,52 @@ async def test_unplayable_files_are_refused_clearly(rig: Rig, tmp_path: Path) ->
     broken = await rig.add(CAMERA, f"{CAMERA}_4.ts", b"\x00" * 4096, 7_000)
     status, _, body = await rig.get(broken.id)
     assert status == 415 and b"cannot be converted" in body
+
+
+def ffmpeg_reading(path: Path) -> list[int]:
+    """Pids of ffmpeg processes whose command line names ``path``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"ffmpeg") and str(path).encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+async def test_ffmpeg_stops_when_the_viewer_goes_away(
+    rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dashboards.recordings_api")
+    # a long MJPEG clip: transcoding it takes longer than reading the first bytes
+    out = tmp_path / "long.avi"
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+        "-i", "testsrc=size=640x360:rate=25:duration=20", "-c:v", "mjpeg", "-q:v", "8",
+        "-y", str(out),
+    )  # fmt: skip
+    assert await proc.wait() == 0
+    segment = await rig.add(CAMERA, f"{CAMERA}_9.avi", out.read_bytes(), 9_000)
+    path = rig.root / segment.path
+    r = await rig.client.get(
+        f"/api/v1/recordings/segments/{segment.id}/media", headers=auth(Role.JUDGE)
+    )
+    assert r.status == 200
+    assert len(await r.content.readexactly(64 * 1024)) == 64 * 1024
+    pids = ffmpeg_reading(path)
+    assert pids, "the transcoding ffmpeg runs while the viewer reads"
+    r.close()  # the viewer goes away mid-stream
+
+    def finished() -> bool:
+        return any(f"playback ffmpeg finished pid={pids[0]} " in m for m in caplog.messages)
+
+    async def gone() -> None:
+        while not finished():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(gone(), 10)  # stopped and reaped (logged after the wait)
+    assert not ffmpeg_reading(path)
