@@ -23,16 +23,16 @@ and gap index, the recorder's camera health, evidence verification and the alert
 A refused hearing action answers **409** ``{"error": …}``. Open/close/hold/seal/export are in
 the audit trail (written by :class:`hub.hearings.HearingService`).
 
-A segment's ``media`` is its file for playback (:mod:`hub.segment_media`): a seat's WAV as is
-with HTTP ranges, H.264 ``.ts``/``.mkv`` remuxed and MJPEG ``.avi`` transcoded on the fly to
-fragmented MP4 by an ffmpeg that dies with the hub and when the client goes away. Playback is
-logged, not audited (watching is not an export: nothing leaves as a file the court must track).
+A segment's ``media`` is its file for playback (:mod:`hub.segment_media`), always with HTTP
+ranges (the player seeks): a seat's WAV as is; H.264 ``.ts``/``.mkv`` remuxed and MJPEG ``.avi``
+transcoded on demand to an MP4 in a small cache beside the index (``playback-cache``) by an ffmpeg
+that dies with the hub and stops when the client goes away. Playback is logged, not audited
+(watching is not an export: nothing leaves as a file the court must track).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import tempfile
@@ -46,12 +46,11 @@ from dashboards.auth import PRINCIPAL_KEY, Role
 from dashboards.routes import Route
 from dashboards.sessions import http_error, read_json_body
 from hub.alerts import AlertBoard
-from hub.child_process import preexec, stop_process
 from hub.evidence import EvidenceError, verify_recordings
 from hub.hearings import HearingError, HearingService
 from hub.recorder import Recorder
 from hub.recording_index import RecordingIndex
-from hub.segment_media import MediaError, MediaPlan, UnplayableMedia, plan_media, segment_by_id
+from hub.segment_media import MediaError, UnplayableMedia, converted, plan_media, segment_by_id
 
 log = logging.getLogger(__name__)
 
@@ -264,14 +263,28 @@ async def segment_media(request: web.Request) -> web.StreamResponse:
         _user(request),
         request.headers.get("Range", "-"),
     )
-    if plan.command is None:
-        return web.FileResponse(
-            plan.path, headers={"Content-Type": plan.content_type, "Cache-Control": "no-store"}
-        )
-    return await _stream_ffmpeg(request, plan)
+    path = plan.path
+    if plan.codec is not None:
+        transport = request.transport
+
+        def client_gone() -> bool:
+            return transport is None or transport.is_closing()
+
+        try:
+            path = await converted(
+                plan, ctx.db_path.parent / PLAYBACK_CACHE, client_gone=client_gone
+            )
+        except UnplayableMedia as exc:
+            raise _unplayable(str(exc)) from None
+        except MediaError as exc:
+            raise http_error(404, str(exc)) from None
+    return web.FileResponse(
+        path, headers={"Content-Type": plan.content_type, "Cache-Control": "no-store"}
+    )
 
 
-MEDIA_CHUNK: Final = 64 * 1024
+#: the folder (next to the index database) of segments converted to MP4 for playback
+PLAYBACK_CACHE: Final = "playback-cache"
 
 
 def _unplayable(message: str) -> web.HTTPException:
@@ -279,53 +292,6 @@ def _unplayable(message: str) -> web.HTTPException:
     return web.HTTPUnsupportedMediaType(
         text=json.dumps({"error": message}, ensure_ascii=False), content_type="application/json"
     )
-
-
-async def _stream_ffmpeg(request: web.Request, plan: MediaPlan) -> web.StreamResponse:
-    """ffmpeg's fragmented MP4 as a chunked response; ffmpeg stops when the client goes away."""
-    assert plan.command is not None
-    proc = await asyncio.create_subprocess_exec(
-        *plan.command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=preexec(),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    stderr_task = asyncio.ensure_future(proc.stderr.read())
-    response = web.StreamResponse(
-        headers={"Content-Type": plan.content_type, "Cache-Control": "no-store"}
-    )
-    try:
-        first = await proc.stdout.read(MEDIA_CHUNK)
-        if not first:
-            # nothing came out: the file is not what its name says; say so instead of an empty 200
-            await proc.wait()
-            error = (await stderr_task).decode(errors="replace").strip()[-300:]
-            log.warning("playback failed path=%s rc=%s error=%s", plan.path, proc.returncode, error)
-            raise _unplayable(f"segment file cannot be converted for playback: {error}")
-        await response.prepare(request)
-        chunk = first
-        while chunk:
-            await response.write(chunk)
-            chunk = await proc.stdout.read(MEDIA_CHUNK)
-        await response.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        log.info("playback client went away path=%s", plan.path)
-        raise
-    finally:
-        # shielded: a second cancellation (the server shutting down) must not leave ffmpeg behind
-        await asyncio.shield(_finish_ffmpeg(proc, stderr_task))
-    return response
-
-
-async def _finish_ffmpeg(proc: asyncio.subprocess.Process, stderr: asyncio.Future[bytes]) -> None:
-    """Stop ffmpeg and drain its pipes, so that its transport closes now."""
-    await stop_process(proc, grace_s=1.0)
-    assert proc.stdout is not None
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(asyncio.gather(proc.stdout.read(), stderr), 2)
-    log.info("playback ffmpeg finished pid=%s rc=%s", proc.pid, proc.returncode)
 
 
 async def list_gaps(request: web.Request) -> web.Response:

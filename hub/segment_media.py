@@ -2,28 +2,42 @@
 
 A seat track's ``.wav`` and a finished ``.mp4`` play as they are (served with HTTP ranges). An
 H.264 stream copy in ``.ts`` or ``.mkv`` does not play in browsers' ``<video>``: it is remuxed on
-the fly (``-c copy``, no re-encoding, cheap) to fragmented MP4 written to a pipe. An OpenCV
-camera's MJPEG ``.avi`` is transcoded on the fly with libx264 ``ultrafast``: a judge must be able
-to play every camera the hearing recorded, and ultrafast at the recorder's sizes runs many times
-faster than real time on one core, so the cost is paid only while somebody watches.
+demand (``-c copy``, no re-encoding: well under a second for a segment) to an MP4 in a small
+playback cache. An OpenCV camera's MJPEG ``.avi`` is transcoded the same way with libx264
+``ultrafast``: a judge must be able to play every camera the hearing recorded, and ultrafast at
+the recorders' sizes runs many times faster than real time, so the cost is paid once per segment
+watched.
 
-The file is only ever read. The segment is looked up read-only in the index's database (the
-index's own connection belongs to its DB thread).
+Why a file and not ffmpeg's fragmented MP4 on a pipe: a response without ranges is not seekable
+in Chromium (``seekable`` stays empty, setting ``currentTime`` is ignored), and playback synced
+to the transcript is all seeking. The cached MP4 is served with ranges like the WAVs.
+
+The recorded file is only ever read; the cache lives outside the storage root (the recorder's
+crash recovery scans the camera folders). The segment is looked up read-only in the index's
+database (the index's own connection belongs to its DB thread).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
 from urllib.parse import quote
 
+from hub.child_process import preexec, stop_process
 from hub.recording_index import SEGMENT_COLUMNS, SEGMENT_FROM, SegmentRecord, segment_from_row
 
 #: served as they are, with ranges
 AS_IS_TYPES: Final = {".wav": "audio/wav", ".mp4": "video/mp4"}
-#: fragmented MP4 from ffmpeg's stdout: H.264 stream copy or MJPEG transcode
+log = logging.getLogger(__name__)
+
+#: converted to MP4 first: H.264 stream copy or MJPEG transcode
 _COPY: Final = ("-c:v", "copy")
 _TRANSCODE: Final = (
     "-c:v",
@@ -48,14 +62,25 @@ class UnplayableMedia(MediaError):
 
 @dataclass(frozen=True, slots=True)
 class MediaPlan:
-    """How to send one segment: the file as is (``command`` is None) or ffmpeg's stdout."""
+    """How to send one segment: the file as is (``codec`` is None) or converted to MP4."""
 
     path: Path
     content_type: str
-    command: tuple[str, ...] | None
+    codec: tuple[str, ...] | None
+    #: name of the converted copy in the playback cache (id and hash: a new file, a new name)
+    cache_name: str = ""
+
+    def command(self, out: Path, *, ffmpeg: str = "ffmpeg") -> tuple[str, ...]:
+        """The ffmpeg command writing the playable MP4 to ``out``."""
+        assert self.codec is not None
+        return (
+            ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-i", str(self.path), "-map", "0:v:0", *self.codec, "-an",
+            "-movflags", "+faststart", "-f", "mp4", str(out),
+        )  # fmt: skip
 
 
-def plan_media(storage_root: Path, segment: SegmentRecord, *, ffmpeg: str = "ffmpeg") -> MediaPlan:
+def plan_media(storage_root: Path, segment: SegmentRecord) -> MediaPlan:
     """The way to play ``segment`` back; :class:`MediaError` if the file is gone or unplayable."""
     rel = PurePosixPath(segment.path)
     if rel.is_absolute() or ".." in rel.parts:
@@ -71,25 +96,7 @@ def plan_media(storage_root: Path, segment: SegmentRecord, *, ffmpeg: str = "ffm
         raise UnplayableMedia(
             f"segment {segment.id}: {suffix or 'no suffix'} files cannot be played"
         )
-    command = (
-        ffmpeg,
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-nostdin",
-        "-i",
-        str(path),
-        "-map",
-        "0:v:0",
-        *codec,
-        "-an",
-        "-movflags",
-        "frag_keyframe+empty_moov+default_base_moof",
-        "-f",
-        "mp4",
-        "pipe:1",
-    )
-    return MediaPlan(path, "video/mp4", command)
+    return MediaPlan(path, "video/mp4", codec, f"{segment.id}-{segment.sha256[:16]}.mp4")
 
 
 def segment_by_id(db_path: Path, segment_id: int) -> SegmentRecord | None:
@@ -102,3 +109,82 @@ def segment_by_id(db_path: Path, segment_id: int) -> SegmentRecord | None:
     finally:
         db.close()
     return segment_from_row(row) if row is not None else None
+
+
+async def converted(
+    plan: MediaPlan,
+    cache_dir: Path,
+    *,
+    client_gone: Callable[[], bool],
+    keep: int = 16,
+    ffmpeg: str = "ffmpeg",
+) -> Path:
+    """The playable MP4 of ``plan`` in ``cache_dir``, converting it first if needed.
+
+    ffmpeg writes a private ``.part`` file renamed into place when done (two viewers of the same
+    segment may both convert; the last rename wins, both results are the same). It dies with the
+    hub (``PR_SET_PDEATHSIG``) and is stopped when ``client_gone()`` turns true (polled) or the
+    caller is cancelled. The ``keep`` most recent conversions stay. :class:`MediaError` if
+    ffmpeg fails.
+    """
+    target = cache_dir / plan.cache_name
+    if await asyncio.to_thread(target.is_file):
+        await asyncio.to_thread(os.utime, target)  # recently watched: evicted last
+        return target
+    await asyncio.to_thread(cache_dir.mkdir, parents=True, exist_ok=True)
+    part = cache_dir / f".{plan.cache_name}.{os.getpid()}-{id(plan)}.part"
+    proc = await asyncio.create_subprocess_exec(
+        *plan.command(part, ffmpeg=ffmpeg),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec(),
+    )
+    assert proc.stderr is not None
+    stderr = asyncio.ensure_future(proc.stderr.read())
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 0.25)
+                break
+            except TimeoutError:
+                if client_gone():
+                    log.info("playback conversion abandoned path=%s", plan.path)
+                    raise MediaError("the viewer went away") from None
+        error = (await stderr).decode(errors="replace").strip()[-300:]
+        if proc.returncode != 0:
+            log.warning(
+                "playback conversion failed path=%s rc=%s error=%s",
+                plan.path,
+                proc.returncode,
+                error,
+            )
+            raise UnplayableMedia(f"segment file cannot be converted for playback: {error}")
+        await asyncio.to_thread(os.replace, part, target)
+    finally:
+        # shielded: a second cancellation must not leave ffmpeg or its pipe behind
+        await asyncio.shield(_finish(proc, stderr, part))
+    await asyncio.to_thread(_evict, cache_dir, keep)
+    return target
+
+
+async def _finish(
+    proc: asyncio.subprocess.Process, stderr: asyncio.Future[bytes], part: Path
+) -> None:
+    await stop_process(proc, grace_s=1.0)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(stderr, 2)
+    await asyncio.to_thread(part.unlink, missing_ok=True)
+    log.info("playback ffmpeg finished pid=%s rc=%s", proc.pid, proc.returncode)
+
+
+def _evict(cache_dir: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used conversions."""
+    done = sorted(
+        (p for p in cache_dir.glob("*.mp4") if p.is_file()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in done[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()

@@ -7,13 +7,16 @@ transcript lines (judge at +0.5 s, judge at +2.7 s — inside the second file �
 +3.0 s). Clicking a line puts the audio at the line's offset inside the file covering it (0.7 s
 into the judge's second file; the plaintiff's line switches the seat); playing (muted) from the
 first line highlights it, goes on into the next file at its end and highlights the second line
-when it is heard.
+when it is heard. The room's camera (an H.264 ``.ts`` covering the same 4 s, remuxed to MP4 by the
+hub) follows the audio: at the clicked line's time, and playing along.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
+import threading
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from argon2 import PasswordHasher
 from browser_harness import Login, Traffic, open_context
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from dashboards import pages_hearing, recordings_api, sessions, transcript_api
+from dashboards import pages_hearing, pages_video, recordings_api, sessions, transcript_api
 from dashboards.app import ConsoleOptions, create_console_app
 from dashboards.pages import DEFAULT_NAV, PASSWORD_CHANGE_PAGES
 from dashboards.recordings_api import RECORDINGS_KEY, RecordingsContext
@@ -44,6 +47,7 @@ from hub.accounts import AccountStore
 from hub.audit import AuditLog
 from hub.config import hub_config_from_dict
 from hub.hearings import HearingService
+from hub.live_video import CameraView, FrameChannel, LiveVideo
 from hub.recording_index import DB_FILE, RecordingIndex, SegmentRecord
 from hub.service import HubService
 from hub.transcript_store import TranscriptStore
@@ -57,6 +61,7 @@ VENUE: Final = "court-1"
 JUDGE_TRACK: Final = "court-1-mic-1-judge"
 PLAINTIFF_TRACK: Final = "court-1-mic-1-plaintiff"
 RATE: Final = 16_000
+CAMERA: Final = CameraView("court-1-cam-1", "审判席", VENUE, "tech_courtroom", "online")
 
 
 @dataclass
@@ -65,8 +70,38 @@ class Court:
     t0_ms: int
     #: transcript segment ids in time order: judge +0.5 s, judge +2.7 s, plaintiff +3.0 s
     lines: list[int]
-    #: judge's first and second file, plaintiff's file
+    #: judge's first and second file, plaintiff's file, the camera's H.264 .ts
     files: list[SegmentRecord]
+
+
+class Capture:
+    """The camera's live tile: a small JPEG 5 times a second (the page shows it beside playback)."""
+
+    def __init__(self, channel: FrameChannel) -> None:
+        self.channel = channel
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="fake-capture", daemon=True)
+
+    def run(self) -> None:
+        import cv2
+        import numpy as np
+
+        ok, data = cv2.imencode(".jpg", np.zeros((90, 160, 3), dtype=np.uint8))
+        assert ok
+        while not self.stop.wait(0.2):
+            self.channel.publish_threadsafe(data.tobytes(), now_ms())
+
+
+async def write_ts(path: Path, seconds: float) -> None:
+    """An H.264 MPEG-TS test picture, 10 frames/s, as the stream-copy recorder writes them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+        "-i", f"testsrc=size=320x240:rate=10:duration={seconds}",
+        "-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-pix_fmt", "yuv420p",
+        "-f", "mpegts", "-y", str(path),
+    )  # fmt: skip
+    assert await proc.wait() == 0
 
 
 def write_wav(path: Path, seconds: float, hz: float) -> None:
@@ -132,6 +167,22 @@ async def court(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Court
     ):
         final = FinalSegment(seat, text, (t0 + start) * 1000, (t0 + end) * 1000, (), 0.9)
         lines.append(await store.add_final(hearing.id, f"court-1/mic-1/{seat}", final))
+    ts = root / CAMERA.id / "20261123" / f"{CAMERA.id}_{t0}.ts"
+    await write_ts(ts, 4.0)
+    files.append(
+        await index.add_segment(
+            camera=CAMERA.id,
+            venue=VENUE,
+            session_id=hearing.id,
+            path=ts,
+            start_ms=t0,
+            end_ms=t0 + 4_000,
+            frames=40,
+        )
+    )
+    video = LiveVideo()
+    capture = Capture(video.add_camera(CAMERA))
+    capture.thread.start()
     await hearings.close_hearing(hearing.id, by="zheng")
 
     def setup(app: web.Application) -> None:
@@ -139,6 +190,7 @@ async def court(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Court
         app[AUDIT_KEY] = audit
         app[RECORDINGS_KEY] = RecordingsContext(index, hearings, None, None, data_dir / DB_FILE)
         app[TRANSCRIPT_KEY] = TranscriptContext(store, hearings, None)
+        pages_video.install_live_video(app, video)
 
     config = hub_config_from_dict({"hub": {"data_dir": str(data_dir)}})
     app = create_console_app(
@@ -151,6 +203,7 @@ async def court(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Court
         extra_routes=(
             *sessions.ROUTES,
             *pages_hearing.ROUTES,
+            *pages_video.ROUTES,
             *recordings_api.ROUTES,
             *transcript_api.ROUTES,
         ),
@@ -165,7 +218,9 @@ async def court(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Court
     try:
         yield Court(f"http://{host}:{port}", t0, lines, files)
     finally:
-        await runner.cleanup()
+        capture.stop.set()
+        capture.thread.join(5)
+        await asyncio.wait_for(runner.cleanup(), 30)
         await store.close()
         await hearings.close()
         await index.close()
@@ -247,6 +302,17 @@ async def test_clicking_a_line_seeks_the_seat_audio_there(court: Court, judge: P
     await expect(lines[2]).to_have_class("tx-line tx-playing")
     await expect(lines[1]).to_have_class("tx-line tx-playing")
 
+    # the camera's video (H.264 .ts remuxed to MP4 by the hub) follows: 3.0 s into its file
+    await expect(judge.get_by_test_id("play-camera")).to_have_value(CAMERA.id)
+    await judge.wait_for_function(
+        "([path, at]) => { const v = document.getElementById('play-video');"
+        " return v.readyState >= 1 && v.videoWidth === 320"
+        " && new URL(v.currentSrc || v.src).pathname === path"
+        " && Math.abs(v.currentTime - at) <= 0.15; }",
+        arg=[media_path(court.files[3]), 3.0],
+        timeout=10_000,
+    )
+
     # a double-click corrects a closed hearing's line (until it is sealed)
     await lines[0].dblclick()
     edit = lines[0].locator("input.tx-edit")
@@ -277,4 +343,11 @@ async def test_playing_highlights_the_line_and_goes_on_into_the_next_file(
     )
     await expect(lines[1]).to_have_class("tx-line tx-playing", timeout=10_000)
     await expect(lines[0]).to_have_class("tx-line")
+    # the video plays along: its file covers the whole 4 s, at the audio's time (+2 s) ± 0.5 s
+    await judge.wait_for_function(
+        "() => { const a = document.getElementById('play-audio');"
+        " const v = document.getElementById('play-video');"
+        " return !v.paused && Math.abs(v.currentTime - (2 + a.currentTime)) <= 0.5; }",
+        timeout=5_000,
+    )
     await judge.evaluate("() => document.getElementById('play-audio').pause()")
