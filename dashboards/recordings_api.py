@@ -249,6 +249,11 @@ async def segment_media(request: web.Request) -> web.StreamResponse:
     segment = await asyncio.to_thread(segment_by_id, ctx.db_path, segment_id)
     if segment is None:
         raise http_error(404, f"no segment {segment_id}")
+    camera = ctx.recorder.camera_config(segment.camera) if ctx.recorder else None
+    roles = {role.value for role in request[PRINCIPAL_KEY].roles}
+    if camera is not None and not roles & camera.allowed_live_roles():
+        # a camera's recordings are for the roles that may watch it (interrogation rooms)
+        raise http_error(403, f"camera {camera.id} is not for your role")
     try:
         plan = await asyncio.to_thread(plan_media, ctx.index.storage_root, segment)
     except MediaError as exc:

@@ -207,6 +207,11 @@ class Recorder:
         cam = self._cameras.get(camera_id)
         return cam.stats if cam else None
 
+    def camera_config(self, camera_id: str) -> CameraConfig | None:
+        """A configured camera (None for other tracks, e.g. audio seats)."""
+        cam = self._cameras.get(camera_id)
+        return cam.config if cam else None
+
     def live_transcoder(self, camera_id: str) -> LiveTranscoder | None:
         """The on-demand live decoder of a stream-copy camera (None for OpenCV cameras)."""
         cam = self._cameras.get(camera_id)

@@ -12,6 +12,7 @@ import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 from aiohttp import web
@@ -24,6 +25,8 @@ from dashboards.recordings_api import RECORDINGS_KEY, RecordingsContext
 from dashboards.sessions import AUDIT_KEY
 from hub.audit import AuditLog
 from hub.hearings import HearingService
+from hub.recorder import Recorder
+from hub.recorder_config import CameraConfig
 from hub.recording_index import DB_FILE, RecordingIndex, SegmentRecord
 
 SESSION = "h-20261123-1"
@@ -261,3 +264,42 @@ async def test_ffmpeg_stops_when_the_viewer_goes_away(
     assert not ffmpeg_reading(path)
     cache = rig.root.parent / recordings_api.PLAYBACK_CACHE
     assert not list(cache.iterdir()), "nothing half-converted is left in the cache"
+
+
+class _Cameras:
+    """The part of the recorder the media route asks: which roles may see a camera."""
+
+    def __init__(self, *cameras: CameraConfig) -> None:
+        self.cameras = {c.id: c for c in cameras}
+
+    def camera_config(self, camera_id: str) -> CameraConfig | None:
+        return self.cameras.get(camera_id)
+
+
+async def test_an_interrogation_rooms_recordings_are_for_its_roles(tmp_path: Path) -> None:
+    """Recorded interrogation video follows the camera's live roles (judges by default): a
+    clerk, who may play the courtroom's recordings, gets 403 for it."""
+    data_dir = tmp_path / "hub"
+    root = data_dir / "recordings"
+    index = await RecordingIndex.open(data_dir / DB_FILE, root)
+    hearings = await HearingService.open(data_dir, index)
+    room = CameraConfig(
+        id="interro-1-cam-1", venue="interro-1", venue_kind="interrogation_room", url="usb:0"
+    )
+    recorder = cast(Recorder, _Cameras(room))
+
+    def setup(app: web.Application) -> None:
+        app[RECORDINGS_KEY] = RecordingsContext(index, hearings, recorder, None, data_dir / DB_FILE)
+
+    try:
+        async with console(
+            make_service(tmp_path / "svc"), extra_routes=recordings_api.ROUTES, setup=setup
+        ) as client:
+            rig = Rig(client, index, root)
+            segment = await rig.add(room.id, "x.wav", wav_bytes(tmp_path), 1_000)
+            assert (await rig.get(segment.id, Role.JUDGE))[0] == 200
+            status, _, body = await rig.get(segment.id, Role.CLERK)
+            assert status == 403 and b"interro-1-cam-1" in body
+    finally:
+        await hearings.close()
+        await index.close()
