@@ -143,7 +143,10 @@ async def test_kill_9_mid_segment_then_restart_recovers_and_records_on(tmp_path:
             lambda: not ffmpeg_mentioning(str(storage)), timeout=5, what="ffmpeg to die too"
         )
         leftovers = {c: open_segments(storage, c, with_data=False) for c in (MJPEG_CAM, H264_CAM)}
-        assert open_segments(storage, H264_CAM), leftovers
+        # the segment seen with data may have closed just before the kill (a segment boundary
+        # between the check and the signal, on a busy machine): then the open one is empty and
+        # recovery removes it instead of indexing it
+        h264_had_data = bool(open_segments(storage, H264_CAM))
 
         hub = HubRunner(config)  # the same config and data dir, in this process
         runtime = await hub.start()
@@ -157,7 +160,9 @@ async def test_kill_9_mid_segment_then_restart_recovers_and_records_on(tmp_path:
             assert len(mine) <= 1, (cam, [s.path for s in mine])
             assert all(s.frames > 0 and s.bytes > 0 for s in mine), mine
             assert sum(1 for s in rows if s.camera == cam) == before[cam] + len(mine)
-        assert [s.camera for s in recovered if s.camera == H264_CAM] == [H264_CAM]
+        assert [s.camera for s in recovered if s.camera == H264_CAM] == (
+            [H264_CAM] if h264_had_data else []
+        )
         # indexed (moved to its dated folder) or, when empty, removed: nothing stays behind
         for path in (p for files in leftovers.values() for p in files):
             assert not path.exists(), f"{path} left in .incoming after recovery"

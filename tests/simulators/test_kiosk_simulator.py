@@ -91,7 +91,7 @@ def last_printer(agent: Agent) -> str | None:
     return statuses[-1].printer if statuses else None
 
 
-async def wait_for(condition: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+async def wait_for(condition: Callable[[], object], what: str, timeout: float = 15.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
