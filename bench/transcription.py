@@ -525,6 +525,14 @@ async def run_transcription_bench(options: TranscriptionOptions) -> dict[str, An
             engine, seats[:n], threads=options.threads, seconds=options.seconds
         )
         runs.append(run)
+        log.warning(
+            "real time: channels=%d rtf_max=%s cpu_rtf=%s lag_tail_p99=%s keeps_up=%s",
+            n,
+            run["rtf_max"],
+            run["cpu_rtf_per_channel"],
+            run["lag_tail_p99_max_s"],
+            run["keeps_up"],
+        )
         last = i == len(counts) - 1
         if last and options.probe_limit and run["keeps_up"] and n + 2 <= options.max_channels:
             counts.append(n + 2)
@@ -613,7 +621,8 @@ def table(result: dict[str, Any]) -> str:
                 f"RSS start {rss['start']} / end {rss['end']} / max {rss['max']} MB: "
                 f"{hearing['growth']:+.1%} (max {hearing['max_growth']:+.1%}); slope "
                 f"{hearing['slope_mb_per_audio_hour']} MB per audio hour",
-                _verdict(hearing["max_growth"] <= GROWTH_TARGET),
+                _verdict(hearing["max_growth"] <= GROWTH_TARGET)
+                + ("" if hearing["audio_minutes_per_channel"] >= 60 else " so far (< 1 h)"),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
