@@ -132,9 +132,9 @@ async def test_kill_9_mid_segment_then_restart_recovers_and_records_on(tmp_path:
             what="a half-written H.264 segment",
         )
         assert ffmpeg_mentioning(str(storage)), "the stream-copy camera's ffmpeg is running"
-        before = segment_counts(db)
         os.kill(proc.pid, signal.SIGKILL)
         await asyncio.to_thread(proc.wait, 10)
+        before = segment_counts(db)  # read after the kill: a segment may close up to the signal
         # the hub's own Mosquitto does not die with it (hub/broker.py sets no PDEATHSIG; not
         # the recorder's business): stop the orphan this test caused
         stop_orphan_broker(data_dir)
