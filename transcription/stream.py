@@ -143,11 +143,15 @@ class ChannelStream:
         on_partial: Callable[[Partial], object] | None = None,
         on_final: Callable[[FinalSegment], object] | None = None,
         jitter_us: int = 2_000,
+        partial_every_s: float = 0.2,
     ) -> None:
         """Create the recognizer (raises ``PhraseError`` for unknown phrase words).
 
         ``executor`` runs the decoding (default: the loop's default executor); share one pool of
-        about one thread per core between all streams of a process.
+        about one thread per core between all streams of a process. The partial hypothesis is
+        asked for at most every ``partial_every_s`` of audio: Vosk's partial result costs about
+        as much as decoding a 40 ms frame (bench/transcription.py), and a page does not need
+        25 updates a second.
         """
         self.seat = seat
         self._rate = engine.sample_rate
@@ -162,6 +166,8 @@ class ChannelStream:
         self._last_end_us: int | None = None
         self._utterance_sample = 0  # where the utterance in progress started (samples)
         self._closed = False
+        self._partial_every = max(1, int(partial_every_s * self._rate))
+        self._since_partial = 0  # samples decoded since the last partial was asked for
 
     @property
     def closed(self) -> bool:
@@ -189,11 +195,15 @@ class ChannelStream:
             if self._timeline.add(capture_ts_us, samples):
                 self.stats.gaps += 1
                 log.debug("capture gap seat=%s ts_us=%d", self.seat, capture_ts_us)
-            final, partial, took = await self._off_loop(self._decode, pcm)
+            self._since_partial += samples
+            want_partial = self._since_partial >= self._partial_every
+            if want_partial:
+                self._since_partial = 0
+            final, partial, ended, took = await self._off_loop(self._decode, pcm, want_partial)
             self.stats.frames_decoded += 1
             self.stats.samples_decoded += samples
             self.stats.decode_seconds += took
-            return self._emit(final, partial)
+            return self._emit(final, partial, ended=ended)
 
     async def close(self) -> list[FinalSegment]:
         """Flush the utterance in progress (emitted like any final); idempotent."""
@@ -202,7 +212,7 @@ class ChannelStream:
                 return []
             self._closed = True
             final = await self._off_loop(self._rec.flush)
-            return self._emit(final, None)
+            return self._emit(final, None, ended=True)
 
     async def _off_loop(self, fn: Callable[..., _T], *args: object) -> _T:
         """``fn(*args)`` in the executor. A cancelled caller still waits for the call to end,
@@ -218,16 +228,17 @@ class ChannelStream:
                 future.exception()  # retrieved: the caller is gone, nobody else will
             raise
 
-    def _decode(self, pcm: bytes) -> tuple[Final | None, str | None, float]:
-        # runs in the executor: both Vosk calls stay off the event loop
+    def _decode(
+        self, pcm: bytes, want_partial: bool
+    ) -> tuple[Final | None, str | None, bool, float]:
+        """(final, partial, endpoint reached, seconds); runs in the executor, off the loop."""
         started = time.perf_counter()
         if self._rec.accept(pcm):
-            result: tuple[Final | None, str | None] = (self._rec.final(), None)
-        else:
-            result = (None, self._rec.partial())
-        return result[0], result[1], time.perf_counter() - started
+            return self._rec.final(), None, True, time.perf_counter() - started
+        partial = self._rec.partial() if want_partial else None
+        return None, partial, False, time.perf_counter() - started
 
-    def _emit(self, final: Final | None, partial: str | None) -> list[FinalSegment]:
+    def _emit(self, final: Final | None, partial: str | None, *, ended: bool) -> list[FinalSegment]:
         out: list[FinalSegment] = []
         if final is not None:
             segment = self._segment(final)
@@ -236,7 +247,7 @@ class ChannelStream:
             if self._on_final:
                 self._on_final(segment)
             out.append(segment)
-        elif final is None and partial is None:
+        elif ended:
             self._last_partial = ""  # an endpoint with an empty utterance
         if partial is not None and partial != self._last_partial:
             self._last_partial = partial

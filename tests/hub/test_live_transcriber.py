@@ -160,11 +160,12 @@ async def test_only_an_open_hearing_is_transcribed_and_finals_are_stored(rig: Ri
     await asyncio.sleep(0.2)
     assert rig.heard == [] and await rig.store.segments(hearing.id) == []
 
-    rig.audio.play([SILENCE, SPEECH, SPEECH, SPEECH, SILENCE], t0 + 1_000_000)
+    # 240 ms of speech: partials come at most every 200 ms of audio
+    rig.audio.play([SILENCE, *[SPEECH] * 6, SILENCE], t0 + 1_000_000)
     await wait_for(lambda: any(m["type"] == "final" for m in rig.heard), "a final")
     (stored,) = await rig.store.segments(hearing.id)
-    # times are capture times: speech began at frame 1 and ended when frame 4 (silence) began
-    assert (stored.start_us, stored.end_us) == (t0 + 1_040_000, t0 + 1_160_000)
+    # times are capture times: speech began at frame 1 and ended when frame 7 (silence) began
+    assert (stored.start_us, stored.end_us) == (t0 + 1_040_000, t0 + 1_280_000)
     assert stored.seat == "judge" and stored.text == "법원" and stored.track == TRACK
     final = next(m for m in rig.heard if m["type"] == "final")
     assert final["hearing"] == hearing.id and final["segment"]["id"] == stored.id
@@ -175,14 +176,15 @@ async def test_only_an_open_hearing_is_transcribed_and_finals_are_stored(rig: Ri
 async def test_a_recess_flushes_the_utterance_into_its_hearing(rig: Rig) -> None:
     t0 = 1_795_000_000_000_000
     hearing = await rig.hearings.open_hearing(title="T", case_no="C", venues=["court-1"], by="j")
-    rig.audio.play([SPEECH, SPEECH], t0)  # the judge is still speaking when the break starts
+    # the judge is still speaking when the break starts
+    rig.audio.play([SPEECH] * 6, t0)
     await wait_for(lambda: rig.heard, "partials")
     await rig.hearings.recess(hearing.id, reason="recess", by="j")
-    rig.audio.play([SPEECH, SILENCE], t0 + 80_000)  # said during the break: not transcribed
+    rig.audio.play([SPEECH, SILENCE], t0 + 240_000)  # said during the break: not transcribed
     await wait_for(lambda: rig.transcriber.finals == 1, "the flushed utterance")
     await asyncio.sleep(0.1)
     (stored,) = await rig.store.segments(hearing.id)
-    assert stored.end_us <= t0 + 80_000 + 40_000
+    assert stored.end_us <= t0 + 240_000
     assert rig.transcriber.finals == 1
 
 
