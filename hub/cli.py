@@ -268,7 +268,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``courthub`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `bench ws` / `bench calls` hand their options to the benchmark's own parser: argparse's
+    # REMAINDER does not take options that start with "--", so those arrive as "unknown"
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and hasattr(args, "rest"):
+        args.rest = [*unknown, *args.rest]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(args.verbose)
     try:
         code: int = args.func(args)

@@ -66,3 +66,15 @@ def test_demo_refuses_a_fault_on_an_unknown_agent() -> None:
     proc = courthub("demo", "--duration", "1", "--port", "0", "--fault", "kill_agent:nobody@1")
     assert proc.returncode == 2
     assert "nobody" in proc.stderr
+
+
+def test_bench_options_reach_the_benchmark_and_unknown_options_are_refused() -> None:
+    """`courthub bench calls --x` hands --x to the benchmark's own parser (argparse's REMAINDER
+    dropped options starting with "--"); elsewhere an unknown option is an error."""
+    proc = courthub("bench", "calls", "--no-such-option")
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in proc.stderr
+    # the benchmark's own parser answered (it knows --counters), not courthub's
+    assert "--counters" in proc.stderr
+    proc = courthub("schema", "--no-such-option")
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
