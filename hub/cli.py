@@ -6,8 +6,13 @@
     courthub demo [--duration S]            broker + hub + API + simulated court in one go
     courthub bench ingest                   measure the hub's ingest path
     courthub bench calls                    queue call -> LED panel latency
+    courthub bench ws                       web console WebSocket fan-out
     courthub bench video                    recorder capacity/CPU, live-feed latency
+    courthub bench transcription            seat channels in real time, latency, memory
     courthub schema                         print the JSON Schemas of the MQTT contract
+
+and, from the modules of ``EXTENSIONS``: ``users``, ``audit``, ``provision``, ``verify``,
+``export`` and ``transcribe`` (``courthub COMMAND --help``).
 
 Heavy modules are imported inside each command so ``courthub --help`` stays instant.
 """
