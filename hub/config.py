@@ -45,6 +45,7 @@ import msgspec
 
 from hub.queue_service import QueueConfig
 from hub.recorder_config import RecorderConfig, check_recorder
+from hub.telemetry_config import TelemetrySection
 from protocol.mqtt_link import BrokerUrl
 from protocol.topics import RESERVED_AGENT_IDS, valid_id
 
@@ -154,6 +155,8 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
     #: live transcription of hearings
     transcription: TranscriptionSection = msgspec.field(default_factory=TranscriptionSection)
+    #: telemetry sinks: embedded SQLite store and/or InfluxDB (hub/telemetry_config.py)
+    telemetry: TelemetrySection = msgspec.field(default_factory=TelemetrySection)
 
     @property
     def data_dir(self) -> Path:
@@ -274,5 +277,13 @@ def _anchor_paths(config: HubConfig, base_dir: Path) -> HubConfig:
         ),
         transcription=msgspec.structs.replace(
             config.transcription, model_dir=anchor(config.transcription.model_dir)
+        ),
+        telemetry=msgspec.structs.replace(
+            config.telemetry,
+            influxdb=msgspec.structs.replace(
+                config.telemetry.influxdb,
+                token_file=anchor(config.telemetry.influxdb.token_file),
+                spool_dir=anchor(config.telemetry.influxdb.spool_dir),
+            ),
         ),
     )

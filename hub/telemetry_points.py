@@ -1,0 +1,142 @@
+"""Telemetry points and the interfaces every telemetry sink and reader implements.
+
+Data flow (issue 7)::
+
+    MQTT telemetry ─► HubService ─► TelemetryPipeline ─► sinks: EmbeddedStore (SQLite, default)
+    hub internals  ─┘  (registry      (hub/telemetry_     └──► InfluxSink (InfluxDB 2.x / 1.8 /
+    device health  ─┘   listeners)     pipeline.py)             VictoriaMetrics) + durable spool
+
+A :class:`Point` is one sample of one source at one time: ``measurement`` names what it is
+(``device`` for a device's own metrics, ``device_health`` for the hub's view of it, ``hub`` for
+the hub's internals), ``tags`` say whose it is (agent, device, venue, kind), ``fields`` carry the
+numbers. Fields are numbers only: string states become tags or numeric codes
+(:data:`HEALTH_CODES`), because VictoriaMetrics and some InfluxDB set-ups store non-numeric fields
+as 0.
+
+Sinks never block the caller and never raise from :meth:`TelemetrySink.write`: a point they cannot
+keep is counted (``dropped``), logged, and the hub runs on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+#: a device's health as a number (``device_health`` measurement, field ``state_code``)
+HEALTH_CODES: Mapping[str, int] = {"offline": 0, "online": 1, "stale": 2, "fault": 3}
+
+#: tag keys every device point carries, in this order
+DEVICE_TAGS = ("agent", "device", "venue", "kind")
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One sample: ``measurement,tags fields ts_ms``. Tags are sorted by key (line protocol
+    wants that for fast ingest, and it makes equal points compare equal)."""
+
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+    fields: Mapping[str, float]
+    ts_ms: int
+
+    @staticmethod
+    def make(
+        measurement: str, tags: Mapping[str, str], fields: Mapping[str, float], ts_ms: int
+    ) -> Point:
+        """A point with sorted tags, empty tag values left out (line protocol forbids them)."""
+        return Point(
+            measurement, tuple(sorted((k, v) for k, v in tags.items() if v)), fields, ts_ms
+        )
+
+    def tag(self, key: str) -> str:
+        """The value of tag ``key`` ('' when absent)."""
+        for k, v in self.tags:
+            if k == key:
+                return v
+        return ""
+
+    def to_line(self) -> str:
+        """InfluxDB line protocol, millisecond precision; non-finite fields are left out.
+
+        Returns '' when no field is left (a line without fields is invalid).
+        """
+        fields = ",".join(
+            f"{_escape_key(k)}={_number(v)}" for k, v in self.fields.items() if math.isfinite(v)
+        )
+        if not fields:
+            return ""
+        head = _escape_measurement(self.measurement)
+        if self.tags:
+            head += "," + ",".join(f"{_escape_key(k)}={_escape_key(v)}" for k, v in self.tags)
+        return f"{head} {fields} {self.ts_ms}"
+
+
+def to_lines(points: Sequence[Point]) -> str:
+    """Points as line protocol, one per line (points without finite fields skipped)."""
+    return "\n".join(line for p in points if (line := p.to_line()))
+
+
+def _number(value: float) -> str:
+    # floats for every field: InfluxDB refuses a field that changes type (int 1 then float 1.5)
+    return repr(float(value))
+
+
+def _escape_key(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
+
+
+def _escape_measurement(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(",", r"\,").replace(" ", r"\ ")
+
+
+class TelemetrySink(Protocol):
+    """Where points go (embedded SQLite store, InfluxDB). One instance per configured sink."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Open files / connections; replay anything spooled from an earlier run."""
+
+    def write(self, points: Sequence[Point]) -> None:
+        """Queue points; never blocks the loop, never raises (counts and logs what it drops)."""
+
+    async def flush(self) -> None:
+        """Write everything queued so far (or spool it durably when the server is away)."""
+
+    async def stop(self) -> None:
+        """Flush and close; nothing queued is lost (spooled at worst)."""
+
+    def stats(self) -> Mapping[str, float]:
+        """Counters for /metrics and the technician: written, queued, spooled, dropped, errors."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """One value of a chart series (an average over ``step`` when downsampled)."""
+
+    ts_ms: int
+    value: float
+    min: float
+    max: float
+
+
+class TelemetryReader(Protocol):
+    """What the technician's charts read (the embedded store; InfluxDB when configured)."""
+
+    async def metric_names(self, agent: str, device: str) -> list[str]:
+        """The field names stored for one device (``device`` measurement), sorted."""
+
+    async def series(
+        self,
+        agent: str,
+        device: str,
+        metric: str,
+        *,
+        start_ms: int,
+        end_ms: int,
+        max_points: int = 500,
+    ) -> list[SeriesPoint]:
+        """``metric`` of one device between the two times, oldest first, at most
+        ``max_points`` points (bucketed: average, min, max per bucket)."""
