@@ -9,6 +9,8 @@
 #   alsa-utils                    arecord -l / aplay -L to find a courtroom's input device
 #   chromium, fonts-noto-cjk      browser tests of the web console (Chinese UI text)
 #   espeak-ng, sox                speech for the transcription tests, resampled to 16 kHz
+#   victoria-metrics              a real time-series server for the telemetry sink's tests
+#                                 (it accepts InfluxDB's /api/v2/write)
 set -euo pipefail
 
 # package:probe — the probe is a command, or dpkg:NAME for packages without a command
@@ -24,6 +26,7 @@ WANTED=(
   "chromium:chromium"
   "fonts-noto-cjk:dpkg:fonts-noto-cjk"
   "espeak-ng:espeak-ng" "sox:sox"
+  "victoria-metrics:victoria-metrics"
 )
 
 present() {
