@@ -30,7 +30,8 @@ last values, and Grafana treats a vanished series as "normal".
 
 Access: the route opens to ``admin`` and ``technician`` only, like the technician's pages.
 Prometheus cannot sign in with a cookie; it sends a technician's personal API token
-(``POST /api/v1/me/api-tokens`` or the account page, shown once) as ``Authorization: Bearer``::
+(``POST /api/v1/me/api-tokens`` from a signed-in session, shown once; see docs/TELEMETRY.md)
+as ``Authorization: Bearer``::
 
     scrape_configs:
       - job_name: courthub
@@ -38,7 +39,7 @@ Prometheus cannot sign in with a cookie; it sends a technician's personal API to
         metrics_path: /metrics
         authorization:
           type: Bearer
-          credentials_file: /etc/prometheus/courthub.token   # the technician's cht_… token
+          credentials_file: /etc/prometheus/courthub.token   # a technician account's API token
         static_configs:
           - targets: ["hub.court.local:8080"]
 
