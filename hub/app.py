@@ -281,6 +281,7 @@ async def _start_video(
         store=transcripts,
         venues=audio_tracks(config.recorder),
         alerts=alerts,
+        endpoint_silence_s=config.transcription.endpoint_silence_s,
     )
     parts.push_async_callback(_logged, "live transcriber stop", transcriber.stop)
     await transcriber.start()

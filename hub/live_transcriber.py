@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from hub.alerts import AlertBoard, Severity
 from hub.transcript_store import TranscriptStore
-from transcription.engine import ModelError, SpeechEngine
+from transcription.engine import ModelError, Recognizer, SpeechEngine
 from transcription.stream import ChannelStream, FinalSegment, Partial
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,10 @@ class LiveTranscriber:
         venues: Mapping[str, str],
         alerts: AlertBoard | None = None,
         load_engine: Callable[[Path], Any] | None = None,
+        endpoint_silence_s: float = 0.0,
     ) -> None:
-        """``venues``: seat track id → venue id (from ``[[recorder.microphones]]``)."""
+        """``venues``: seat track id → venue id (from ``[[recorder.microphones]]``);
+        ``endpoint_silence_s``: see :meth:`transcription.vosk_engine.VoskEngine.load`."""
         self.model_dir = model_dir
         self.threads = threads
         self.phrases = phrases
@@ -98,7 +100,12 @@ class LiveTranscriber:
         self.venues = dict(venues)
         self.alerts = alerts
         self._load_engine = load_engine
+        self.endpoint_silence_s = endpoint_silence_s
         self.engine: SpeechEngine | None = None
+        #: a warmed-up recognizer waiting for each track's next hearing (see _make_spare)
+        self._spares: dict[str, Recognizer] = {}
+        self._spare_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.error = ""
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,8 +148,39 @@ class LiveTranscriber:
         if self.alerts is not None:
             await self.alerts.clear(MODEL_ALERT)
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="vosk")
+        for track_id in self.venues:
+            self._spare_soon(track_id)
         self.audio.set_pcm_hook(self._on_pcm)
         log.info("live transcription on model=%s threads=%d", path, self.threads)
+
+    # warmed-up recognizers ----------------------------------------------------------------------
+    # A fresh Vosk recognizer spends ~1 s of CPU on its first audio; four seats starting together
+    # would put the hearing's first sentences 2 s behind on 2 cores. Each track gets a recognizer
+    # warmed up in advance — at start-up and again after each hearing, when the cores are idle.
+    def _spare_soon(self, track_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._make_spare(track_id), name=f"spare-recognizer-{track_id}"
+        )
+        self._spare_tasks.add(task)
+        task.add_done_callback(self._spare_tasks.discard)
+
+    async def _make_spare(self, track_id: str) -> None:
+        engine, executor = self.engine, self._executor
+        if engine is None or executor is None or track_id in self._spares:
+            return
+        phrases = self.phrases or None
+
+        def make() -> Recognizer:
+            rec = engine.new_recognizer(phrases=phrases)
+            rec.warm_up()
+            return rec
+
+        try:
+            rec = await asyncio.get_running_loop().run_in_executor(executor, make)
+        except Exception:  # a phrase error shows when the stream is made; nothing to keep
+            log.exception("spare recognizer failed track=%s", track_id)
+            return
+        self._spares.setdefault(track_id, rec)
 
     async def _load(self, path: Path) -> SpeechEngine:
         if self._load_engine is not None:
@@ -153,11 +191,19 @@ class LiveTranscriber:
         def progress(message: str) -> None:
             log.info("speech model: %s", message)
 
-        return await VoskEngine.load_async(path, progress=progress)
+        return await VoskEngine.load_async(
+            path, progress=progress, endpoint_silence_s=self.endpoint_silence_s
+        )
 
     async def stop(self) -> None:
         """Stop taking audio; flush every channel's utterance in progress into the store."""
         self.audio.set_pcm_hook(None)
+        self._stopping = True
+        for task in list(self._spare_tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._spares.clear()
         for track in list(self._tracks.values()):
             if track.task is not None:
                 track.task.cancel()
@@ -177,7 +223,12 @@ class LiveTranscriber:
             "partials": self.partials,
             "skipped_rate": self.skipped_rate,
             "tracks": {
-                t.track: {"dropped": t.dropped, "hearing": t.hearing, **t.stats}
+                t.track: {
+                    "dropped": t.dropped,
+                    "queued": t.queue.qsize(),
+                    "hearing": t.hearing,
+                    **t.stats,
+                }
                 for t in self._tracks.values()
             },
         }
@@ -232,6 +283,7 @@ class LiveTranscriber:
                 executor=self._executor,
                 phrases=self.phrases or None,
                 on_partial=on_partial,
+                recognizer=self._spares.pop(track.track, None),
             )
         finals = await track.stream.feed(pcm, capture_ts_us)
         await self._store(track, hearing, finals)
@@ -242,6 +294,8 @@ class LiveTranscriber:
         stream, track.stream = track.stream, None
         if stream is not None and track.hearing is not None:
             await self._store(track, track.hearing, await stream.close())
+        if stream is not None and track.track in self.venues and not self._stopping:
+            self._spare_soon(track.track)
 
     async def _store(self, track: _Track, hearing: str, finals: list[FinalSegment]) -> None:
         for final in finals:

@@ -63,6 +63,12 @@ class Recognizer(Protocol):
         """End of audio: finish and return the utterance in progress (None when empty)."""
         ...
 
+    def warm_up(self) -> None:
+        """Pay the decoder's one-off start-up cost now, before any audio (idempotent; a no-op
+        once audio was accepted). Blocking: call it off the event loop. Results must not change
+        (Vosk: same words, same times)."""
+        ...
+
 
 class SpeechEngine(Protocol):
     """A loaded speech model that creates recognizers sharing it."""

@@ -144,6 +144,7 @@ class ChannelStream:
         on_final: Callable[[FinalSegment], object] | None = None,
         jitter_us: int = 2_000,
         partial_every_s: float = 0.2,
+        recognizer: Recognizer | None = None,
     ) -> None:
         """Create the recognizer (raises ``PhraseError`` for unknown phrase words).
 
@@ -152,11 +153,16 @@ class ChannelStream:
         asked for at most every ``partial_every_s`` of audio: Vosk's partial result costs about
         as much as decoding a 40 ms frame (bench/transcription.py), and a page does not need
         25 updates a second.
+
+        ``recognizer``: one made (and ideally warmed up) ahead, e.g. from a pool of spares;
+        otherwise one is created here. Either way the first :meth:`feed` warms it up if
+        :meth:`prepare` was not awaited before.
         """
         self.seat = seat
         self._rate = engine.sample_rate
         self.stats = StreamStats(sample_rate=self._rate)
-        self._rec: Recognizer = engine.new_recognizer(phrases=phrases)
+        self._rec: Recognizer = recognizer or engine.new_recognizer(phrases=phrases)
+        self._prepared = False
         self._executor = executor
         self._on_partial = on_partial
         self._on_final = on_final
@@ -174,6 +180,17 @@ class ChannelStream:
         """True after :meth:`close`."""
         return self._closed
 
+    async def prepare(self) -> None:
+        """Warm the recognizer up off the loop (Vosk: ~1 s of CPU a fresh recognizer would
+        otherwise spend on its first audio). Idempotent; :meth:`feed` calls it if needed."""
+        async with self._lock:
+            await self._prepare_locked()
+
+    async def _prepare_locked(self) -> None:
+        if not self._prepared:
+            await self._off_loop(self._rec.warm_up)
+            self._prepared = True
+
     async def feed(self, pcm: bytes, capture_ts_us: int) -> list[FinalSegment]:
         """Decode one frame captured at ``capture_ts_us``; returns the finals it completed.
 
@@ -190,6 +207,7 @@ class ChannelStream:
             return []
         samples = len(pcm) // BYTES_PER_SAMPLE
         async with self._lock:
+            await self._prepare_locked()
             self.stats.frames_in += 1
             self.stats.samples_in += samples
             if self._timeline.add(capture_ts_us, samples):

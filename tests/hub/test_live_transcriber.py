@@ -33,9 +33,14 @@ class ScriptedRecognizer:
     """Speech = non-zero samples; an utterance ends at the first silent frame after speech."""
 
     def __init__(self) -> None:
+        self.warmed = False
         self.samples = 0
         self.speech_from: int | None = None
         self._final: Final | None = None
+
+    def warm_up(self) -> None:
+        if not self.samples:  # like Vosk: a no-op once audio was fed
+            self.warmed = True
 
     def accept(self, pcm: bytes) -> bool:
         start = self.samples
@@ -73,8 +78,12 @@ class ScriptedRecognizer:
 class ScriptedEngine:
     sample_rate = RATE
 
+    def __init__(self) -> None:
+        self.made: list[ScriptedRecognizer] = []
+
     def new_recognizer(self, *, phrases: Sequence[str] | None = None) -> ScriptedRecognizer:
-        return ScriptedRecognizer()
+        self.made.append(ScriptedRecognizer())
+        return self.made[-1]
 
 
 @dataclass
@@ -171,6 +180,27 @@ async def test_only_an_open_hearing_is_transcribed_and_finals_are_stored(rig: Ri
     assert final["hearing"] == hearing.id and final["segment"]["id"] == stored.id
     partials = [m for m in rig.heard if m["type"] == "partial"]
     assert partials and all(p["hearing"] == hearing.id and p["seat"] == "judge" for p in partials)
+
+
+async def test_each_hearing_gets_a_recognizer_warmed_up_before_its_audio(rig: Rig) -> None:
+    """Vosk's ~1 s first-audio cost is paid at start-up and between hearings, not live."""
+    engine = rig.transcriber.engine
+    assert isinstance(engine, ScriptedEngine)
+    await wait_for(lambda: engine.made and engine.made[0].warmed, "a warmed spare at start-up")
+    t0 = 1_795_000_000_000_000
+    first = await rig.hearings.open_hearing(title="T", case_no="C", venues=["court-1"], by="j")
+    rig.audio.play([SPEECH, SILENCE], t0)
+    await wait_for(lambda: rig.transcriber.finals == 1, "a final")
+    assert len(engine.made) == 1 and engine.made[0].samples > 0  # the spare took the audio
+
+    await rig.hearings.close_hearing(first.id, by="j")
+    rig.audio.play([SILENCE], t0 + 80_000)  # the next frame finds the hearing closed
+    await wait_for(lambda: len(engine.made) == 2 and engine.made[1].warmed, "a new spare")
+    second = await rig.hearings.open_hearing(title="T2", case_no="C2", venues=["court-1"], by="j")
+    rig.audio.play([SPEECH, SILENCE], t0 + 10_000_000)
+    await wait_for(lambda: rig.transcriber.finals == 2, "the second hearing's final")
+    assert engine.made[1].samples > 0 and len(engine.made) == 2
+    assert [s.text for s in await rig.store.segments(second.id)] == ["법원"]
 
 
 async def test_a_recess_flushes_the_utterance_into_its_hearing(rig: Rig) -> None:

@@ -28,6 +28,9 @@ class OneThreadRecognizer:
             self.busy.acquire()
         self.calls.append(name)
 
+    def warm_up(self) -> None:
+        pass  # nothing to warm; not recorded in calls
+
     def accept(self, pcm: bytes) -> bool:
         self._enter("accept")
         try:

@@ -54,6 +54,9 @@ class SpyRecognizer:
     def __init__(self, inner: Recognizer, raw: list[Final], fed: list[bytes]) -> None:
         self.inner, self.raw, self.fed = inner, raw, fed
 
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
     def accept(self, pcm: bytes) -> bool:
         self.fed.append(pcm)
         return self.inner.accept(pcm)
