@@ -5,8 +5,8 @@ bad-message count, latest metrics, and one button per capability that runs the c
 the hub (``POST /api/v1/devices/{agent}/{device}/commands``) and shows its outcome on the card.
 The page renders the registry as it is now; ``static/technician.js`` keeps it current over the
 live socket (topics ``devices``, ``telemetry``, ``alerts``). When the hub has an alert board, an
-alerts panel tops the page (``static/alerts.js`` polls ``GET /api/v1/alerts``); it starts from
-the board's state embedded in the page.
+alerts panel tops the page (``static/alerts.js``: pushed on the live ``alerts`` topic, see
+:mod:`dashboards.alerts_api`); it starts from the board's state embedded in the page.
 
 | route              | roles             |
 |--------------------|-------------------|
@@ -23,12 +23,12 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from dashboards.alerts_api import alerts_body, board_of
 from dashboards.api import SERVICE_KEY
 from dashboards.auth import Role
 from dashboards.i18n import Translator
 from dashboards.live import Topic
 from dashboards.pages import RENDERER_KEY
-from dashboards.recordings_api import RECORDINGS_KEY
 from dashboards.routes import Route
 from hub.registry import AgentRecord, DeviceRecord, HealthState, Registry
 from protocol.messages import VenueKind
@@ -201,15 +201,10 @@ def state_counts(devices: Iterable[DeviceView]) -> dict[str, int]:
 async def alerts_snapshot(request: web.Request) -> dict[str, Any] | None:
     """What ``GET /api/v1/alerts`` answers now, for the panel's first paint; None when the hub
     has no alert board (then the page has no panel and polls nothing)."""
-    recordings = request.config_dict.get(RECORDINGS_KEY)
-    board = recordings.alerts if recordings is not None else None
+    board = board_of(request)
     if board is None:
         return None
-    history = await board.history(limit=ALERTS_HISTORY)
-    return {
-        "active": [a.to_json() for a in board.active()],
-        "history": [a.to_json() for a in history],
-    }
+    return await alerts_body(board, history=ALERTS_HISTORY)
 
 
 async def technician_page(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
 """JSON API of the recorded venues: hearings (open, close, legal hold, seal, export), the segment
-and gap index, the recorder's camera health, evidence verification and the alert board.
+and gap index, the recorder's camera health, evidence verification (the alert board's API is :mod:`dashboards.alerts_api`).
 
 | route                                            | roles                              |
 |--------------------------------------------------|------------------------------------|
@@ -18,7 +18,6 @@ and gap index, the recorder's camera health, evidence verification and the alert
 | ``GET  /api/v1/recordings/gaps``                 | judge, clerk, admin, technician    |
 | ``GET  /api/v1/recordings/status``               | admin, technician, commander       |
 | ``POST /api/v1/recordings/verify``               | judge, admin, technician           |
-| ``GET  /api/v1/alerts``                          | admin, technician, commander       |
 
 A refused hearing action answers **409** ``{"error": …}``. Open/close/hold/seal/export are in
 the audit trail (written by :class:`hub.hearings.HearingService`).
@@ -38,7 +37,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 
@@ -62,6 +61,7 @@ class RecordingsContext:
     index: RecordingIndex
     hearings: HearingService
     recorder: Recorder | None
+    #: no longer read here: the alerts API has its own context (``dashboards.alerts_api``)
     alerts: AlertBoard | None
     db_path: Path
 
@@ -341,19 +341,6 @@ async def verify(request: web.Request) -> web.Response:
     return web.json_response(report.to_json())
 
 
-async def list_alerts(request: web.Request) -> web.Response:
-    """Active alerts and the recent history."""
-    alerts = _ctx(request).alerts
-    if alerts is None:
-        return web.json_response({"active": [], "history": []})
-    history = await alerts.history(limit=100)
-    body: dict[str, Any] = {
-        "active": [a.to_json() for a in alerts.active()],
-        "history": [a.to_json() for a in history],
-    }
-    return web.json_response(body)
-
-
 ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/hearings", list_hearings, HEARING_READERS),
     Route("POST", "/api/v1/hearings", open_hearing, HEARING_WRITERS),
@@ -370,5 +357,4 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/recordings/gaps", list_gaps, HEARING_READERS),
     Route("GET", "/api/v1/recordings/status", recorder_status, WATCHERS),
     Route("POST", "/api/v1/recordings/verify", verify, VERIFIERS),
-    Route("GET", "/api/v1/alerts", list_alerts, WATCHERS),
 )
