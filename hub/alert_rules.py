@@ -566,6 +566,10 @@ class AlertRuleRunner:
         self._hearing_venues = hearing_venues
         self.failures = 0
 
+    def set_hearing_venues(self, source: HearingVenues | None) -> None:
+        """Where open hearings are (the hearing service starts after the rules do)."""
+        self._hearing_venues = source
+
     async def run_once(self) -> None:
         """Gather a snapshot and evaluate it once."""
         metrics: Mapping[str, float] = {}

@@ -43,6 +43,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from hub.alert_rules import AlertsSection
 from hub.queue_service import QueueConfig
 from hub.recorder_config import RecorderConfig, check_recorder
 from hub.telemetry_config import TelemetrySection
@@ -161,6 +162,8 @@ class HubConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     transcription: TranscriptionSection = msgspec.field(default_factory=TranscriptionSection)
     #: telemetry sinks: embedded SQLite store and/or InfluxDB (hub/telemetry_config.py)
     telemetry: TelemetrySection = msgspec.field(default_factory=TelemetrySection)
+    #: alert rules over device health and telemetry (hub/alert_rules.py)
+    alerts: AlertsSection = msgspec.field(default_factory=AlertsSection)
 
     @property
     def data_dir(self) -> Path:

@@ -204,6 +204,10 @@ class HearingService:
                 return hearing.id
         return None
 
+    def recording_venues(self) -> set[str]:
+        """Venues with a hearing recording now (the alert rules' "mic silent in a hearing")."""
+        return {v for h in self._hearings.values() if h.recording for v in h.venues}
+
     def current(self, venue: str) -> Hearing | None:
         """The venue's hearing that has not ended (scheduled, open or in recess)."""
         for hearing in self._hearings.values():

@@ -31,7 +31,8 @@ from browser_harness import (
 )
 from playwright.async_api import Browser, Locator, Page, Route, expect
 
-from dashboards import pages_technician, recordings_api, sessions
+from dashboards import alerts_api, pages_technician, recordings_api, sessions
+from dashboards.alerts_api import install_alerts
 from dashboards.app import ConsoleOptions, create_console_app
 from dashboards.pages import PASSWORD_CHANGE_PAGES
 from dashboards.recordings_api import RECORDINGS_KEY, RecordingsContext
@@ -99,6 +100,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
         app[ACCOUNTS_KEY] = accounts
         app[AUDIT_KEY] = audit
         app[RECORDINGS_KEY] = RecordingsContext(index, hearings, None, alerts, data_dir / DB_FILE)
+        install_alerts(app, alerts)
 
     config = hub_config_from_dict({"hub": {"data_dir": str(data_dir)}})
     app = create_console_app(
@@ -108,7 +110,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
             ApiTokenAuthenticator(accounts),
         ],
         options=ConsoleOptions(court_name=COURT_NAME),
-        extra_routes=(*sessions.ROUTES, *recordings_api.ROUTES),
+        extra_routes=(*sessions.ROUTES, *recordings_api.ROUTES, *alerts_api.ROUTES),
         extra_middlewares=[csrf_middleware],
         setup=setup,
     )
