@@ -610,12 +610,15 @@ class _WavWriter:
             self._continue_at.pop(key, None)
         pcm = np.frombuffer(frame.pcm, dtype="<i2").reshape(-1, frame.channels)
         done = 0
+        frame_us: int | None = None  # where this frame starts on the recording's timeline
         while done < len(pcm):
             if group is None:
                 start = self._continue_at.pop(key, None)  # just after a cut: continuous
                 if start is None:
                     start = frame.capture_ts_us + done * 1_000_000 // frame.sample_rate
                 group = self._open(mic, frame, start)
+            if frame_us is None:
+                frame_us = group.time_at(group.samples)
             take = min(group.cut_samples - group.samples, len(pcm) - done)
             self._append(group, pcm[done : done + take])
             done += take
@@ -623,6 +626,27 @@ class _WavWriter:
                 self._continue_at[key] = group.time_at(group.samples)
                 self._close(key)
                 group = None
+        if frame_us is not None:
+            self._announce(mic, pcm, frame_us)
+
+    def _announce(self, mic: MicrophoneConfig, pcm: np.ndarray[Any, Any], at_us: int) -> None:
+        """Hand each seat's whole frame to the PCM hook (the live transcriber).
+
+        Whole frames, even when a segment cut splits one in the files: Vosk's free-mode text
+        depends on how its audio is chunked, so the live text must not depend on where the
+        segment grid falls.
+        """
+        hook = self.on_pcm
+        if hook is None:
+            return
+        for channel, seat in enumerate(mic.seats[: pcm.shape[1]]):
+            track = mic.track(seat)
+            data = np.ascontiguousarray(pcm[:, channel]).astype("<i2", copy=False).tobytes()
+            try:
+                hook(track, seat, at_us, data)
+            except Exception:
+                self.pcm_hook_errors += 1
+                log.exception("audio pcm hook failed track=%s", track)
 
     def _open(self, mic: MicrophoneConfig, frame: AudioFrame, start_us: int) -> _Group:
         rate = frame.sample_rate
@@ -663,7 +687,6 @@ class _WavWriter:
             )
 
     def _append(self, group: _Group, chunk: np.ndarray[Any, Any]) -> None:
-        at_us = group.time_at(group.samples)
         now = self.clock()
         for seat_file in group.files:
             mono = np.ascontiguousarray(chunk[:, seat_file.channel])
@@ -673,13 +696,6 @@ class _WavWriter:
             db = meter.add(mono, group.rate)
             with self._levels_lock:
                 self._levels[seat_file.track] = (db, now)
-            hook = self.on_pcm
-            if hook is not None:
-                try:
-                    hook(seat_file.track, seat_file.seat, at_us, data)
-                except Exception:
-                    self.pcm_hook_errors += 1
-                    log.exception("audio pcm hook failed track=%s", seat_file.track)
         group.samples += len(chunk)
 
     def _flush_all(self) -> None:

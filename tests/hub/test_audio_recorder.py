@@ -403,6 +403,25 @@ async def test_the_pcm_hook_gets_each_seat_mono(make: Make) -> None:
     np.testing.assert_array_equal(np.frombuffer(clerk, "<i2"), pcm[:, 1])
 
 
+async def test_a_frame_split_by_a_segment_cut_reaches_the_hook_whole(
+    make: Make, index: RecordingIndex
+) -> None:
+    """The files are cut on the 1 s grid, the transcriber still gets the frames as captured:
+    Vosk's text depends on chunking, so it must not depend on where the grid falls."""
+    got: list[tuple[str, str, int, bytes]] = []
+    rec = make(on_pcm=lambda *args: got.append(args))
+    await rec.start()
+    start = T0_US + FRAME_MS * 1000 // 2  # the cut at T0 + 1 s falls inside a frame
+    frames = frames_of(channels(1.2), start_us=start)
+    feed(rec, frames)
+    await wait_for(lambda: len(got) == 3 * len(frames))
+    judge = [g for g in got if g[1] == "judge"]
+    assert [len(g[3]) for g in judge] == [SPF * 2] * len(frames)
+    assert [g[2] for g in judge] == [f.capture_ts_us for f in frames]
+    await rec.stop()
+    assert len(await index.segments(camera=TRACKS[0])) == 2  # the files were cut
+
+
 async def test_other_changes_and_unknown_devices_are_ignored_and_nothing_raises(
     make: Make, index: RecordingIndex
 ) -> None:
