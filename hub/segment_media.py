@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -50,6 +51,8 @@ _TRANSCODE: Final = (
     "yuv420p",
 )
 PIPED_CODECS: Final = {".ts": _COPY, ".mkv": _COPY, ".avi": _TRANSCODE}
+#: a conversion's ``.part`` file older than this belongs to a hub that was killed
+STALE_PART_S: Final = 3600.0
 
 
 class MediaError(Exception):
@@ -117,6 +120,7 @@ async def converted(
     *,
     client_gone: Callable[[], bool],
     keep: int = 16,
+    keep_bytes: int = 512 * 1024 * 1024,
     ffmpeg: str = "ffmpeg",
 ) -> Path:
     """The playable MP4 of ``plan`` in ``cache_dir``, converting it first if needed.
@@ -124,8 +128,9 @@ async def converted(
     ffmpeg writes a private ``.part`` file renamed into place when done (two viewers of the same
     segment may both convert; the last rename wins, both results are the same). It dies with the
     hub (``PR_SET_PDEATHSIG``) and is stopped when ``client_gone()`` turns true (polled) or the
-    caller is cancelled. The ``keep`` most recent conversions stay. :class:`MediaError` if
-    ffmpeg fails.
+    caller is cancelled. The ``keep`` most recent conversions stay, and no more than
+    ``keep_bytes`` of them (the cache shares the disk with the evidence: retention's headroom
+    must never delete recordings to make room for copies). :class:`MediaError` if ffmpeg fails.
     """
     target = cache_dir / plan.cache_name
     if await asyncio.to_thread(target.is_file):
@@ -164,7 +169,7 @@ async def converted(
     finally:
         # shielded: a second cancellation must not leave ffmpeg or its pipe behind
         await asyncio.shield(_finish(proc, stderr, part))
-    await asyncio.to_thread(_evict, cache_dir, keep)
+    await asyncio.to_thread(_evict, cache_dir, keep, keep_bytes, target)
     return target
 
 
@@ -178,13 +183,24 @@ async def _finish(
     log.info("playback ffmpeg finished pid=%s rc=%s", proc.pid, proc.returncode)
 
 
-def _evict(cache_dir: Path, keep: int) -> None:
-    """Remove all but the ``keep`` most recently used conversions."""
-    done = sorted(
-        (p for p in cache_dir.glob("*.mp4") if p.is_file()),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    for old in done[keep:]:
+def _evict(cache_dir: Path, keep: int, keep_bytes: int, current: Path) -> None:
+    """Keep the ``keep`` most recently used conversions within ``keep_bytes`` (``current``, just
+    made, always stays); remove ``.part`` files a killed hub left behind (older than an hour)."""
+    now = time.time()
+    for part in cache_dir.glob(".*.part"):
         with contextlib.suppress(OSError):
-            old.unlink()
+            if now - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+    done = []
+    for p in cache_dir.glob("*.mp4"):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            done.append((st.st_mtime, st.st_size, p))
+    done.sort(reverse=True)
+    total = 0
+    for n, (_mtime, size, path) in enumerate(done):
+        total += size
+        if path != current and (n >= keep or total > keep_bytes):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size

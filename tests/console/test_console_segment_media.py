@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from hub.hearings import HearingService
 from hub.recorder import Recorder
 from hub.recorder_config import CameraConfig
 from hub.recording_index import DB_FILE, RecordingIndex, SegmentRecord
+from hub.segment_media import STALE_PART_S, _evict
 
 SESSION = "h-20261123-1"
 TRACK = "court-1-mic-1-judge"
@@ -303,3 +306,31 @@ async def test_an_interrogation_rooms_recordings_are_for_its_roles(tmp_path: Pat
     finally:
         await hearings.close()
         await index.close()
+
+
+def test_the_playback_cache_stays_within_its_count_and_bytes(tmp_path: Path) -> None:
+    """Converted copies share the disk with the evidence: bounded by count and by bytes, the
+    newest kept; a killed hub's stale .part files go, a running conversion's stays."""
+    now = time.time()
+    made = []
+    for n in range(6):  # 6 conversions of 100 bytes, n = 5 the newest
+        path = tmp_path / f"seg{n}.mp4"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (now - 60 + n, now - 60 + n))
+        made.append(path)
+    stale, running = tmp_path / ".old.mp4.1-2.part", tmp_path / ".new.mp4.1-3.part"
+    for part, age in ((stale, STALE_PART_S + 5), (running, 1)):
+        part.write_bytes(b"x")
+        os.utime(part, (now - age, now - age))
+
+    _evict(tmp_path, 4, 10_000, made[5])  # the count binds
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == [f"seg{n}.mp4" for n in (2, 3, 4, 5)]
+    assert not stale.exists() and running.exists()
+
+    _evict(tmp_path, 4, 250, made[5])  # the bytes bind
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["seg4.mp4", "seg5.mp4"]
+
+    big = tmp_path / "seg9.mp4"  # larger than the whole budget: the viewer still gets it
+    big.write_bytes(b"x" * 300)
+    _evict(tmp_path, 4, 250, big)
+    assert [p.name for p in tmp_path.glob("*.mp4")] == ["seg9.mp4"]
