@@ -50,7 +50,10 @@ log = logging.getLogger(__name__)
 #: the cameras of the court; :func:`install_live_video` sets it in the console's ``setup``
 LIVE_VIDEO_KEY: Final = web.AppKey("live_video", LiveVideo)
 #: who may open the wall at all (a camera's ``live_roles`` may narrow it further)
-VIDEO_ROLES: Final = frozenset({Role.COMMANDER, Role.JUDGE, Role.TECHNICIAN, Role.ADMIN})
+#: clerks: the hearing page shows them their courtroom's cameras (issue 6)
+VIDEO_ROLES: Final = frozenset(
+    {Role.COMMANDER, Role.JUDGE, Role.CLERK, Role.TECHNICIAN, Role.ADMIN}
+)
 #: the wall's entry in the top bar and on the home page
 WALL_NAV: Final = NavItem("/wall", "nav.wall", "tile.wall", "i-shield")
 BOUNDARY: Final = "frame"

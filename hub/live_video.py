@@ -41,7 +41,7 @@ VENUE_KINDS: Final = frozenset(
 )
 CAMERA_STATES: Final = frozenset({"online", "offline", "fault", "starting"})
 #: who may watch a camera live unless its venue says otherwise
-DEFAULT_LIVE_ROLES: Final = frozenset({"commander", "judge", "technician", "admin"})
+DEFAULT_LIVE_ROLES: Final = frozenset({"commander", "judge", "clerk", "technician", "admin"})
 #: the fields :meth:`LiveVideo.update` may change (the rest describe the camera itself)
 UPDATABLE: Final = frozenset({"state", "recording", "last_frame_ms", "offline_since_ms"})
 #: every JPEG starts with SOI

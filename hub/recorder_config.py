@@ -58,7 +58,8 @@ VenueKindName = Literal["litigation_hall", "tech_courtroom", "interrogation_room
 #: are narrower: a detainee's interrogation is not for every screen in the command center.
 DEFAULT_LIVE_ROLES: dict[str, tuple[str, ...]] = {
     "litigation_hall": ("commander", "technician", "judge"),
-    "tech_courtroom": ("commander", "technician", "judge"),
+    # the clerk keeps the record beside the judge and watches the room's cameras with them
+    "tech_courtroom": ("commander", "technician", "judge", "clerk"),
     "interrogation_room": ("judge",),
     "command_center": ("commander", "technician", "judge"),
 }

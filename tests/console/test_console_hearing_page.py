@@ -166,7 +166,7 @@ async def test_what_each_role_may_do_and_watch(rig: Rig) -> None:
     expected = {
         # role: (cameras, control, annotate/revise)
         Role.JUDGE: ({"court-1-cam-1", "interro-1-cam-1"}, True, True),
-        Role.CLERK: (set(), True, True),  # the video routes are not open to clerks
+        Role.CLERK: ({"court-1-cam-1"}, True, True),  # the courtroom's, not the interrogation
         Role.ADMIN: ({"court-1-cam-1"}, True, False),  # the interrogation room is judges' only
     }
     for role, (cameras, control, annotate) in expected.items():
