@@ -84,6 +84,8 @@ def _number(value: float) -> str:
 
 
 def _escape_key(text: str) -> str:
+    # line protocol has no escape for a newline (it ends the line): it becomes a visible \n
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
     return text.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
 
 
