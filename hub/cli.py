@@ -39,6 +39,7 @@ EXTENSIONS: tuple[str, ...] = (
     "hub.cli_users",
     "hub.cli_audit",
     "hub.cli_verify",
+    "hub.cli_backup",
     "transcription.cli",
 )
 
