@@ -22,15 +22,20 @@ from aiohttp import web
 
 from dashboards import (
     admin_api,
+    alerts_api,
+    metrics_endpoint,
     pages_board,
     pages_counter,
     pages_hearing,
+    pages_telemetry,
     pages_video,
     queue_api,
     recordings_api,
     sessions,
+    telemetry_api,
     transcript_api,
 )
+from dashboards.alerts_api import install_alerts
 from dashboards.app import ConsoleOptions, create_console_app
 from dashboards.auth import (
     Authenticator,
@@ -40,8 +45,10 @@ from dashboards.auth import (
     load_or_create_api_token,
 )
 from dashboards.live import LIVE_KEY, Topic
+from dashboards.metrics_endpoint import install_metrics
 from dashboards.pages import DEFAULT_NAV, PASSWORD_CHANGE_PAGES
 from dashboards.pages_board import install_board
+from dashboards.pages_telemetry import install_telemetry_pages
 from dashboards.pages_video import install_live_video
 from dashboards.queue_api import QUEUE_KEY
 from dashboards.recordings_api import RECORDINGS_KEY, RecordingsContext
@@ -54,17 +61,20 @@ from dashboards.sessions import (
 )
 from dashboards.transcript_api import TRANSCRIPT_KEY, TranscriptContext
 from hub.accounts import AccountStore
+from hub.alert_rules import AlertRuleEngine, AlertRuleRunner, disk_metrics
 from hub.alerts import AlertBoard
 from hub.audio_recorder import AudioRecorder
 from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
+from hub.embedded_tsdb import EmbeddedStore
 from hub.hall_displays import HallDisplays
 from hub.hall_kiosks import HallKiosks
 from hub.hall_printer import HallPrinter
 from hub.hearing_record import RecordWriter
 from hub.hearings import HearingService
+from hub.influx_sink import InfluxSink
 from hub.live_transcriber import LiveTranscriber
 from hub.live_video import LiveVideo
 from hub.provisioning import client_url, credentials_for, owned_broker_tls
@@ -74,6 +84,8 @@ from hub.recorder_config import RecorderConfig
 from hub.recording_index import DB_FILE, RecordingIndex
 from hub.retention import RetentionSweeper
 from hub.service import HubService
+from hub.telemetry_pipeline import TelemetryPipeline
+from hub.telemetry_points import TelemetrySink
 from hub.transcript_store import TranscriptStore
 from hub.voice_follow import VoiceFollow, follow_loudest_seats
 from protocol.mqtt_link import BrokerUrl
@@ -89,6 +101,18 @@ RUNTIME_FILE = "runtime.json"
 
 class HubStartError(RuntimeError):
     """The hub could not start (broker, password file, port in use…)."""
+
+
+@dataclass
+class TelemetryParts:
+    """Telemetry sinks, the pipeline feeding them, the alert board and its rules (issue 7)."""
+
+    alerts: AlertBoard
+    rules: AlertRuleRunner
+    pipeline: TelemetryPipeline
+    sinks: list[TelemetrySink]
+    #: the embedded store, which the technician's charts read (None when disabled)
+    store: EmbeddedStore | None
 
 
 @dataclass
@@ -132,6 +156,8 @@ class HubRuntime:
     queue: QueueService | None = None
     #: The recorder, its index, hearings, alerts and live feeds.
     video: VideoParts | None = None
+    #: Telemetry sinks, alert board and rules.
+    telemetry: TelemetryParts | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -181,9 +207,18 @@ async def run_hub(
         queue = await QueueService.open(data_dir, config.queue)
         parts.push_async_callback(_logged, "queue close", queue.close)
         _start_hall_bridges(config, service, queue, parts)
-        video = await _start_video(config, service, audit, parts)
+        telemetry = await _start_telemetry(config, service, audit, parts)
+        video = await _start_video(config, service, audit, telemetry.alerts, parts)
+        telemetry.rules.set_hearing_venues(video.hearings.recording_venues)
         runner, api_url = await _start_api(
-            config, service, token, accounts, audit, queue=queue, video=video
+            config,
+            service,
+            token,
+            accounts,
+            audit,
+            queue=queue,
+            video=video,
+            telemetry=telemetry,
         )
         parts.push_async_callback(_logged, "API shutdown", runner.cleanup)
         await asyncio.to_thread(_write_runtime_file, data_dir, broker_url, api_url)
@@ -203,6 +238,7 @@ async def run_hub(
                 first_admin_password,
                 queue,
                 video,
+                telemetry,
             )
             result = on_ready(runtime)
             if inspect.isawaitable(result):
@@ -237,17 +273,81 @@ def _start_hall_printer(config: HubConfig, service: HubService, queue: QueueServ
     return printer
 
 
-async def _start_video(
+async def _start_telemetry(
     config: HubConfig, service: HubService, audit: AuditLog, parts: contextlib.AsyncExitStack
+) -> TelemetryParts:
+    """Open the alert board, start the telemetry sinks, the pipeline and the alert rules."""
+    data_dir = config.data_dir
+    section = config.telemetry
+    publish = None
+    if config.alerts.publish_mqtt:
+
+        def publish(topic: str, payload: bytes) -> None:
+            service.ingest.link.publish(topic, payload, qos=1)
+
+    alerts = await AlertBoard.open(data_dir, audit=audit, publish=publish)
+    parts.push_async_callback(_logged, "alerts close", alerts.close)
+    sinks: list[TelemetrySink] = []
+    store: EmbeddedStore | None = None
+    if section.embedded.enabled:
+        store = await EmbeddedStore.open(section.embedded, data_dir)
+        sinks.append(store)
+    if section.influxdb.url:
+        sinks.append(InfluxSink(section.influxdb, data_dir=data_dir))
+    for sink in sinks:
+        await sink.start()
+        # stopped after the pipeline's listener is gone (exit stack: reverse order)
+        parts.push_async_callback(_logged, f"telemetry sink {sink.name} stop", sink.stop)
+    pipeline = TelemetryPipeline(
+        service.registry,
+        sinks,
+        sample_interval_s=section.sample_interval_s,
+        hub_stats=service.stats,
+    )
+    parts.callback(service.add_listener(pipeline.on_change))
+    sampler = asyncio.create_task(pipeline.run(), name="telemetry-sampler")
+    parts.push_async_callback(_cancel, sampler)
+    storage = config.recorder.storage_path(data_dir)
+
+    async def hub_metrics() -> dict[str, float]:
+        metrics = await asyncio.to_thread(_disk_metrics, storage)
+        for sink in sinks:
+            stats = sink.stats()
+            metrics.update({f"telemetry_{sink.name}_{k}": float(v) for k, v in stats.items()})
+        return metrics
+
+    rules = AlertRuleRunner(
+        AlertRuleEngine(config.alerts.effective_rules(), alerts),
+        service.registry,
+        interval_s=config.alerts.evaluate_interval_s,
+        hub_metrics=hub_metrics,
+    )
+    evaluator = asyncio.create_task(rules.run(), name="alert-rules")
+    parts.push_async_callback(_cancel, evaluator)
+    return TelemetryParts(alerts, rules, pipeline, sinks, store)
+
+
+def _disk_metrics(storage: Path) -> dict[str, float]:
+    """Free space where recordings go (the data dir when the storage folder is not made yet)."""
+    path = storage
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return disk_metrics(path)
+
+
+async def _start_video(
+    config: HubConfig,
+    service: HubService,
+    audit: AuditLog,
+    alerts: AlertBoard,
+    parts: contextlib.AsyncExitStack,
 ) -> VideoParts:
-    """Open the recordings index, alerts and hearings; start the recorder and retention."""
+    """Open the recordings index and hearings; start the recorder and retention."""
     data_dir = config.data_dir
     storage = config.recorder.storage_path(data_dir)
     await asyncio.to_thread(storage.mkdir, parents=True, exist_ok=True)
     index = await RecordingIndex.open(data_dir / DB_FILE, storage)
     parts.push_async_callback(_logged, "recordings index close", index.close)
-    alerts = await AlertBoard.open(data_dir)
-    parts.push_async_callback(_logged, "alerts close", alerts.close)
     hearings = await HearingService.open(data_dir, index, audit)
     parts.push_async_callback(_logged, "hearings close", hearings.close)
     live = LiveVideo()
@@ -402,6 +502,7 @@ def console_app(
     *,
     queue: QueueService | None = None,
     video: VideoParts | None = None,
+    telemetry: TelemetryParts | None = None,
 ) -> web.Application:
     """The web console: pages, JSON API, live updates, sign-in, admin — deny by default."""
     admin = Principal("api-token", frozenset({Role.ADMIN}))
@@ -431,6 +532,23 @@ def console_app(
                 video.transcripts, video.hearings, video.transcriber, config.hub.timezone
             )
             _publish_transcript(app, video.transcriber)
+        if telemetry is not None:
+            install_alerts(
+                app,
+                telemetry.alerts,
+                rules=config.alerts.effective_rules(),
+                evaluate_interval_s=config.alerts.evaluate_interval_s,
+            )
+            if telemetry.store is not None:
+                install_telemetry_pages(app, telemetry.store)
+        install_metrics(
+            app,
+            service,
+            sinks=telemetry.sinks if telemetry is not None else (),
+            recorder=video.recorder if video is not None else None,
+            transcriber=video.transcriber if video is not None else None,
+            audio=video.audio if video is not None else None,
+        )
 
     return create_console_app(
         service,
@@ -455,6 +573,10 @@ def console_app(
             *pages_hearing.ROUTES,
             *recordings_api.ROUTES,
             *transcript_api.ROUTES,
+            *alerts_api.ROUTES,
+            *telemetry_api.ROUTES,
+            *pages_telemetry.ROUTES,
+            *metrics_endpoint.ROUTES,
         ),
         extra_middlewares=[csrf_middleware],
         setup=setup,
@@ -481,8 +603,11 @@ async def _start_api(
     *,
     queue: QueueService | None = None,
     video: VideoParts | None = None,
+    telemetry: TelemetryParts | None = None,
 ) -> tuple[web.AppRunner, str]:
-    app = console_app(config, service, token, accounts, audit, queue=queue, video=video)
+    app = console_app(
+        config, service, token, accounts, audit, queue=queue, video=video, telemetry=telemetry
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
