@@ -165,7 +165,9 @@ def _print_where_to_look(
         "courthub demo is running — 演示已启动",
         f"  web console / 控制台: {runtime.api_url}/",
         *(f"    login / 登录  {user:<10} {password}   ({role})" for user, role, password in logins),
-        f"  video wall / 视频墙: {runtime.api_url}/wall   (commander, judge, technician)",
+        f"  video wall / 视频墙: {runtime.api_url}/wall   (commander, judge, clerk, technician)",
+        f"  charts / 曲线:      {runtime.api_url}/technician  → 曲线 / Charts on a device card",
+        f"  Prometheus:        {runtime.api_url}/metrics   (technician or admin token)",
         f"  web API / 接口:   {runtime.api_url}/api/v1/devices",
         f"  API token / 令牌: {runtime.api_token}",
         f"  try / 试试:       curl -H 'Authorization: Bearer {runtime.api_token}' "
@@ -318,4 +320,11 @@ def _summary(runtime: HubRuntime, court: SimulatedCourt) -> dict[str, Any]:
         summary["audio"] = runtime.video.audio.summary()
         transcriber = runtime.video.transcriber.stats()
         summary["transcription"] = {k: transcriber[k] for k in ("running", "finals", "partials")}
+    if runtime.telemetry is not None:
+        telemetry = runtime.telemetry
+        summary["telemetry"] = {
+            "points": telemetry.pipeline.points,
+            "sinks": {sink.name: dict(sink.stats()) for sink in telemetry.sinks},
+            "alerts_firing": sorted(a.key for a in telemetry.alerts.active()),
+        }
     return summary
