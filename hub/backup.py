@@ -4,8 +4,8 @@ A backup holds what cannot be rebuilt from elsewhere: every SQLite database of t
 (accounts, audit trail, registry, queue, the evidence index ``recordings.db``, hearings,
 transcripts, alerts, telemetry — found by their file header, so a new store is never forgotten),
 the head records that pin the ends of the hash chains (``audit.head``, ``recordings.head``), the
-small configuration and credential files (the API token, ``mqtt/`` accounts, passwords, password
-file and ACL, ``tls/`` CA and certificates, ``provisioned/`` venue configs) and the sealed
+small configuration and credential files (the API token, ``broker-password``, ``mqtt/``
+accounts, passwords, password file and ACL, ``tls/`` CA and certificates, ``provisioned/`` venue configs) and the sealed
 hearings' manifests and transcripts. **Media is not copied**: segments and seat WAVs are large,
 already hashed into per-camera chains in ``recordings.db``, and belong to the storage layer's
 own backup (rsync, snapshots); ``courthub verify`` checks a restored index against them.
@@ -67,6 +67,8 @@ LOCK_FILE: Final = "hub.lock"
 #: small files and folders of the data dir worth keeping (relative paths; missing ones skipped)
 CONFIG_FILES: Final = (
     "api-token",
+    # the hub's password on a court's own broker, where docs/DEPLOYMENT.md puts it
+    "broker-password",
     "mqtt/credentials.json",
     "mqtt/accounts.json",
     "mqtt/passwd",
