@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -106,7 +106,15 @@ class Ingest:
         batch_size: int = 500,
         coalesce_s: float = 0.002,
         max_pending: int = 100_000,
+        subscriptions: Sequence[Subscription] | None = None,
+        announce: bool = True,
+        persistent_session: bool = True,
     ) -> None:
+        """``subscriptions`` (default: :data:`HUB_FILTER`), ``announce`` (publish ``hub/state``
+        and set it as the will) and ``persistent_session`` exist for scale-out ingest workers
+        (:mod:`hub.ingest_worker`), which take a share of the topics and never speak for the hub.
+        """
+        self._announce = announce
         self._handler = handler
         self.bad = bad
         self._on_connect_cb = on_connect
@@ -130,13 +138,26 @@ class Ingest:
             client_id=client_id,
             username=username,
             password=password,
-            subscriptions=[Subscription(HUB_FILTER, qos=1, no_local=True)],
+            subscriptions=(
+                [Subscription(HUB_FILTER, qos=1, no_local=True)]
+                if subscriptions is None
+                else subscriptions
+            ),
             on_message=self._on_message,
             on_connect=self._on_connected,
-            will_factory=lambda: Will(
-                HUB_STATE_TOPIC, encode(HubState(online=False, ts=now_ms())), qos=1, retain=True
+            will_factory=(
+                (
+                    lambda: Will(
+                        HUB_STATE_TOPIC,
+                        encode(HubState(online=False, ts=now_ms())),
+                        qos=1,
+                        retain=True,
+                    )
+                )
+                if announce
+                else None
             ),
-            persistent_session=True,
+            persistent_session=persistent_session,
         )
 
     # lifecycle ----------------------------------------------------------------------------------
@@ -148,7 +169,7 @@ class Ingest:
 
     async def stop(self, timeout_s: float = 2.0) -> None:
         """Say goodbye (retained ``online: false``) and disconnect."""
-        if self.link.connected:
+        if self._announce and self.link.connected:
             try:
                 async with asyncio.timeout(timeout_s):
                     await self.link.publish_acked(
@@ -176,6 +197,10 @@ class Ingest:
 
     def _on_connected(self) -> None:
         # on the loop: announce the hub; agents re-publish births and states when they see it
+        if not self._announce:
+            if self._on_connect_cb is not None:
+                self._on_connect_cb()
+            return
         try:
             self.link.publish(
                 HUB_STATE_TOPIC, encode(HubState(online=True, ts=now_ms())), qos=1, retain=True
