@@ -303,6 +303,7 @@ async def _start_telemetry(
         sinks,
         sample_interval_s=section.sample_interval_s,
         hub_stats=service.stats,
+        device_points=section.device_points == "hub",
     )
     parts.callback(service.add_listener(pipeline.on_change))
     sampler = asyncio.create_task(pipeline.run(), name="telemetry-sampler")
@@ -479,6 +480,29 @@ async def _start_own_broker(config: HubConfig) -> tuple[Credentials, OwnedBroker
     except Exception as exc:
         raise HubStartError(f"own MQTT broker did not start: {exc}") from exc
     return credentials, broker
+
+
+def broker_login(config: HubConfig) -> tuple[BrokerUrl, str | None, str | None]:
+    """Where and as whom a process beside the hub (an ingest worker) reaches the broker.
+
+    ``mode = "url"``: the configured URL and account. ``mode = "own"``: the running hub's broker
+    (``runtime.json``) with the hub's generated account. Raises :class:`HubStartError`.
+    """
+    if config.broker.mode != "own":
+        return (
+            BrokerUrl.parse(config.broker.url),
+            config.broker.username,
+            _external_password(config),
+        )
+    runtime = read_runtime_file(config.data_dir)
+    if runtime is None or "broker_url" not in runtime:
+        raise HubStartError(
+            f"no running hub in {config.data_dir} (its broker is the hub's own: start the hub "
+            'first, or use [broker] mode = "url")'
+        )
+    credentials = credentials_for(config)
+    url = BrokerUrl.parse(str(runtime["broker_url"]))
+    return url, credentials.hub_username, credentials.hub_password
 
 
 def _external_password(config: HubConfig) -> str | None:

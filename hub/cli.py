@@ -9,10 +9,11 @@
     courthub bench ws                       web console WebSocket fan-out
     courthub bench video                    recorder capacity/CPU, live-feed latency
     courthub bench transcription            seat channels in real time, latency, memory
+    courthub bench report [--quick]         every bench + its ceilings -> docs/BENCHMARKS.md
     courthub schema                         print the JSON Schemas of the MQTT contract
 
 and, from the modules of ``EXTENSIONS``: ``users``, ``audit``, ``provision``, ``verify``,
-``export`` and ``transcribe`` (``courthub COMMAND --help``).
+``export``, ``backup``, ``restore``, ``worker`` and ``transcribe`` (``courthub COMMAND --help``).
 
 Heavy modules are imported inside each command so ``courthub --help`` stays instant.
 """
@@ -40,6 +41,7 @@ EXTENSIONS: tuple[str, ...] = (
     "hub.cli_audit",
     "hub.cli_verify",
     "hub.cli_backup",
+    "hub.cli_worker",
     "transcription.cli",
 )
 
@@ -240,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-live", action="store_true", help="skip the live-feed latency")
     b.set_defaults(func=_cmd_bench_video)
     _add_bench_transcription(bench)
+    b = bench.add_parser("report", help="run every bench, write docs/BENCHMARKS.md (--help)")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.report")
+    b.set_defaults(func=lambda a: importlib.import_module("bench.report").main(a.rest))
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
     p.set_defaults(func=_cmd_schema)

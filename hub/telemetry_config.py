@@ -21,7 +21,7 @@ Both sinks may run at once. Relative paths resolve against the config file's fol
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -72,5 +72,9 @@ class TelemetrySection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     #: hub internals and device health/up points are sampled this often
     sample_interval_s: PositiveFloat = 10.0
+    #: who writes the devices' own telemetry points: "hub" (this process), or "workers" when
+    #: `courthub worker` processes take telemetry off a shared subscription (scale-out,
+    #: docs/DEPLOYMENT.md) — then the hub still tracks health but writes no ``device`` points
+    device_points: Literal["hub", "workers"] = "hub"
     embedded: EmbeddedSection = msgspec.field(default_factory=EmbeddedSection)
     influxdb: InfluxSection = msgspec.field(default_factory=InfluxSection)

@@ -57,14 +57,18 @@ class TelemetryPipeline:
         hub_stats: Callable[[], Mapping[str, Any]] | None = None,
         hub_id: str = "hub",
         clock: Callable[[], float] = time.time,
+        device_points: bool = True,
     ) -> None:
-        """``hub_stats``: the hub's counters (non-numeric values are skipped)."""
+        """``hub_stats``: the hub's counters (non-numeric values are skipped);
+        ``device_points=False``: telemetry messages are written by ingest workers instead
+        (scale-out), this pipeline writes health and hub points only."""
         self.registry = registry
         self.sinks = list(sinks)
         self.sample_interval_s = sample_interval_s
         self._hub_stats = hub_stats
         self._hub_id = hub_id
         self._clock = clock
+        self._device_points = device_points
         #: (agent, device) → its tags; dropped when a birth may have changed venue or kind
         self._tags: dict[tuple[str, str], dict[str, str]] = {}
         self.points = 0
@@ -75,6 +79,8 @@ class TelemetryPipeline:
         """Registry listener: telemetry and health transitions become points."""
         try:
             if isinstance(change, TelemetryReceived):
+                if not self._device_points:
+                    return
                 msg = change.telemetry
                 if msg.metrics:
                     tags = self._device_tags(change.agent, change.device)
