@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ def register(sub: Any) -> None:
     p.add_argument("--config", required=True, help="the hub's hub.toml")
     p.add_argument("--id", required=True, help="this worker's stable id (its MQTT session)")
     p.add_argument("--group", default="courthub", help="the share group (default courthub)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the InfluxDB spool lives (default: the hub's data_dir/worker-ID)",
+    )
     p.set_defaults(func=_cmd_worker)
 
 
@@ -59,7 +65,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         from hub.influx_sink import InfluxSink
         from hub.ingest_worker import IngestWorker
 
-        sink = InfluxSink(config.telemetry.influxdb, data_dir=config.data_dir / f"worker-{args.id}")
+        data_dir = args.data_dir or config.data_dir / f"worker-{args.id}"
+        sink = InfluxSink(config.telemetry.influxdb, data_dir=data_dir)
         await sink.start()
         worker = IngestWorker(
             url,
