@@ -1,6 +1,7 @@
 """The technician's telemetry charts in headless Chromium, on a console built here with the
 telemetry pages, a hub service whose state log is the real SQLite store, a real alert board and a
-small SQLite :class:`~hub.telemetry_points.TelemetryReader` holding real points:
+the hub's real embedded telemetry store (:class:`hub.embedded_tsdb.EmbeddedStore`) holding the
+points:
 
 a technician opens ``/technician/telemetry/hall-1/env-1`` and sees each metric drawn by the
 vendored Chart.js (data points in the chart), the state timeline with the device's offline
@@ -14,17 +15,13 @@ one line per device. Nothing is requested from anywhere but the hub. Screenshot
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import shutil
-import sqlite3
 import struct
-import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -35,7 +32,7 @@ from argon2 import PasswordHasher
 from browser_harness import MIN_SCREENSHOT_BYTES, VIEWPORT, ZH, Login, Traffic, open_context
 from playwright.async_api import Browser, Page, expect
 
-from dashboards import pages_telemetry, recordings_api, sessions, telemetry_api
+from dashboards import alerts_api, pages_telemetry, recordings_api, sessions, telemetry_api
 from dashboards.app import ConsoleOptions, create_console_app
 from dashboards.pages import PASSWORD_CHANGE_PAGES
 from dashboards.pages_telemetry import install_telemetry_pages
@@ -51,12 +48,14 @@ from hub.accounts import AccountStore
 from hub.alerts import AlertBoard, Severity
 from hub.audit import AuditLog
 from hub.config import hub_config_from_dict
+from hub.embedded_tsdb import EmbeddedStore
 from hub.hearings import HearingService
 from hub.recording_index import DB_FILE, RecordingIndex
 from hub.registry import DirtyRows, HealthState, StateLogEntry
 from hub.service import HubService
 from hub.store import FlushBatch
-from hub.telemetry_points import Point, SeriesPoint
+from hub.telemetry_config import EmbeddedSection
+from hub.telemetry_points import Point
 from protocol.messages import Birth, DeviceInfo, Venue, VenueKind, now_ms
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -71,61 +70,6 @@ OFFLINE_FROM_MIN: Final = 9
 OFFLINE_TO_MIN: Final = 6
 
 
-class SqlitePoints:
-    """A TelemetryReader over an SQLite table of ``device`` points."""
-
-    def __init__(self) -> None:
-        self._db = sqlite3.connect(":memory:", check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE p (agent TEXT, device TEXT, metric TEXT, ts INTEGER, value REAL)"
-        )
-        self._lock = threading.Lock()
-
-    def write(self, points: Iterable[Point]) -> None:
-        rows = [
-            (p.tag("agent"), p.tag("device"), name, p.ts_ms, value)
-            for p in points
-            for name, value in p.fields.items()
-        ]
-        with self._lock:
-            self._db.executemany("INSERT INTO p VALUES (?, ?, ?, ?, ?)", rows)
-
-    async def metric_names(self, agent: str, device: str) -> list[str]:
-        def query() -> list[str]:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT DISTINCT metric FROM p WHERE agent = ? AND device = ? ORDER BY metric",
-                    (agent, device),
-                )
-                return [r[0] for r in rows]
-
-        return await asyncio.to_thread(query)
-
-    async def series(
-        self,
-        agent: str,
-        device: str,
-        metric: str,
-        *,
-        start_ms: int,
-        end_ms: int,
-        max_points: int = 500,
-    ) -> list[SeriesPoint]:
-        step = max(1, -(-(end_ms - start_ms) // max_points))
-
-        def query() -> list[SeriesPoint]:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT (ts - ?) / ? AS b, AVG(value), MIN(value), MAX(value) FROM p"
-                    " WHERE agent = ? AND device = ? AND metric = ? AND ts >= ? AND ts < ?"
-                    " GROUP BY b ORDER BY b",
-                    (start_ms, step, agent, device, metric, start_ms, end_ms),
-                )
-                return [SeriesPoint(start_ms + b * step, a, lo, hi) for b, a, lo, hi in rows]
-
-        return await asyncio.to_thread(query)
-
-
 def sample(agent: str, device: str, ts: int, **fields: float) -> Point:
     return Point.make("device", {"agent": agent, "device": device, "venue": "hall"}, fields, ts)
 
@@ -133,17 +77,9 @@ def sample(agent: str, device: str, ts: int, **fields: float) -> Point:
 @dataclass
 class Site:
     url: str
-    points: SqlitePoints
+    points: EmbeddedStore
     #: when the data was made (UTC ms)
     now: int
-
-
-def alerts_module() -> Any:
-    """``dashboards.alerts_api`` when this tree has it (``GET /api/v1/alerts`` moved there from
-    the recordings API in issue 7), else None: the recordings API still serves the alerts."""
-    if importlib.util.find_spec("dashboards.alerts_api") is None:
-        return None
-    return importlib.import_module("dashboards.alerts_api")
 
 
 @pytest.fixture(autouse=True)
@@ -205,7 +141,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
             )
         )
     )
-    points = SqlitePoints()
+    points = await EmbeddedStore.open(EmbeddedSection(), data_dir / "telemetry")
     # every 2 s over the last 14 minutes, except while offline
     samples = [
         sample(
@@ -221,9 +157,12 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
     samples.append(sample("hall-1", "env-1", now - 2 * 3_600_000, temperature_c=35.0))
     points.write(samples)
     points.write(
-        sample("hall-1", "ups-1", ts, temperature_c=30 + (ts // 30_000) % 3, load_pct=42)
-        for ts in range(now - 14 * MINUTE, now, 5000)
+        [
+            sample("hall-1", "ups-1", ts, temperature_c=30 + (ts // 30_000) % 3, load_pct=42)
+            for ts in range(now - 14 * MINUTE, now, 5000)
+        ]
     )
+    await points.flush()
     await alerts.raise_alert(
         "device-offline:hall-1/env-1",
         "环境传感器 env-1 离线 / env-1 offline",
@@ -234,14 +173,11 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
         "camera-lost:court-1-cam-1", "court-1-cam-1 lost", source="court-1-cam-1"
     )
 
-    alerts_api = alerts_module()
-
     def setup(app: web.Application) -> None:
         app[ACCOUNTS_KEY] = accounts
         app[AUDIT_KEY] = audit
         app[RECORDINGS_KEY] = RecordingsContext(index, hearings, None, alerts, data_dir / DB_FILE)
-        if alerts_api is not None:
-            alerts_api.install_alerts(app, alerts)
+        alerts_api.install_alerts(app, alerts)
         install_telemetry_pages(app, points)
 
     app = create_console_app(
@@ -254,7 +190,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
         extra_routes=(
             *sessions.ROUTES,
             *recordings_api.ROUTES,
-            *(alerts_api.ROUTES if alerts_api is not None else ()),
+            *alerts_api.ROUTES,
             *telemetry_api.ROUTES,
             *pages_telemetry.ROUTES,
         ),
@@ -269,6 +205,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
     try:
         yield Site(f"http://{host}:{port}", points, now)
     finally:
+        await points.stop()
         await asyncio.wait_for(runner.cleanup(), 30)
         await service.store.close()
         await alerts.close()

@@ -8,20 +8,16 @@ anonymous callers 401. Bad ranges and metrics are 400s that say what is allowed,
 and venues 404, a hub without a telemetry store 503. The pages carry one canvas per metric and
 load the vendored Chart.js from the hub.
 
-The points live in :class:`SqlitePoints`, a small :class:`~hub.telemetry_points.TelemetryReader`
-over an SQLite table written from real :class:`~hub.telemetry_points.Point` objects (the embedded
-store of issue 7 implements the same interface).
+The points live in the hub's real embedded store (:class:`hub.embedded_tsdb.EmbeddedStore`),
+written as :class:`~hub.telemetry_points.Point` objects like the telemetry pipeline writes them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
-import sqlite3
-import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,70 +29,16 @@ from dashboards import pages_telemetry, telemetry_api
 from dashboards.auth import Role
 from dashboards.pages_telemetry import CHART_JS_URL, install_telemetry_pages
 from dashboards.telemetry_api import MAX_POINTS, UNKNOWN, StateSegment, state_segments
+from hub.embedded_tsdb import EmbeddedStore
 from hub.registry import DeviceRecord, DirtyRows, HealthState, StateLogEntry
 from hub.service import HubService
 from hub.store import FlushBatch
-from hub.telemetry_points import Point, SeriesPoint
+from hub.telemetry_config import EmbeddedSection
+from hub.telemetry_points import Point
 from protocol.messages import DeviceInfo, VenueKind, now_ms
 
 ROUTES = (*telemetry_api.ROUTES, *pages_telemetry.ROUTES)
 MINUTE = 60_000
-
-
-class SqlitePoints:
-    """A TelemetryReader over an SQLite table of ``device`` points (one thread at a time)."""
-
-    def __init__(self) -> None:
-        self._db = sqlite3.connect(":memory:", check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE p (agent TEXT, device TEXT, metric TEXT, ts INTEGER, value REAL)"
-        )
-        self._lock = threading.Lock()
-
-    def write(self, points: Iterable[Point]) -> None:
-        rows = [
-            (p.tag("agent"), p.tag("device"), name, p.ts_ms, value)
-            for p in points
-            if p.measurement == "device"
-            for name, value in p.fields.items()
-        ]
-        with self._lock:
-            self._db.executemany("INSERT INTO p VALUES (?, ?, ?, ?, ?)", rows)
-
-    async def metric_names(self, agent: str, device: str) -> list[str]:
-        def query() -> list[str]:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT DISTINCT metric FROM p WHERE agent = ? AND device = ? ORDER BY metric",
-                    (agent, device),
-                )
-                return [r[0] for r in rows]
-
-        return await asyncio.to_thread(query)
-
-    async def series(
-        self,
-        agent: str,
-        device: str,
-        metric: str,
-        *,
-        start_ms: int,
-        end_ms: int,
-        max_points: int = 500,
-    ) -> list[SeriesPoint]:
-        step = max(1, -(-(end_ms - start_ms) // max_points))
-
-        def query() -> list[SeriesPoint]:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT (ts - ?) / ? AS b, AVG(value), MIN(value), MAX(value) FROM p"
-                    " WHERE agent = ? AND device = ? AND metric = ? AND ts >= ? AND ts < ?"
-                    " GROUP BY b ORDER BY b",
-                    (start_ms, step, agent, device, metric, start_ms, end_ms),
-                )
-                return [SeriesPoint(start_ms + b * step, a, lo, hi) for b, a, lo, hi in rows]
-
-        return await asyncio.to_thread(query)
 
 
 def device_point(agent: str, device: str, ts: int, **fields: float) -> Point:
@@ -130,19 +72,24 @@ def hall(service: HubService) -> None:
 @pytest.fixture
 async def site(
     tmp_path: Path,
-) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], HubService, SqlitePoints, int]]:
+) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], HubService, EmbeddedStore, int]]:
     service = make_service(tmp_path)
     await service.store.open()
     hall(service)
-    reader = SqlitePoints()
+    reader = await EmbeddedStore.open(EmbeddedSection(), tmp_path / "telemetry")
     now = now_ms()
     # env-1: temperature every second over the last 10 minutes, a sine-ish saw 20..25
     reader.write(
-        device_point("hall-1", "env-1", now - i * 1000, temperature_c=20 + (i % 6), humidity_pct=40)
-        for i in range(600)
+        [
+            device_point(
+                "hall-1", "env-1", now - i * 1000, temperature_c=20 + (i % 6), humidity_pct=40
+            )
+            for i in range(600)
+        ]
     )
     reader.write([device_point("hall-1", "env-1", now - 2 * 3_600_000, temperature_c=99.0)])
     reader.write([device_point("hall-1", "ups-1", now - 5000, load_pct=31.0)])
+    await reader.flush()
     try:
         async with console(
             service,
@@ -151,10 +98,11 @@ async def site(
         ) as client:
             yield client, service, reader, now
     finally:
+        await reader.stop()
         await service.store.close()
 
 
-Site = tuple[TestClient[web.Request, web.Application], HubService, SqlitePoints, int]
+Site = tuple[TestClient[web.Request, web.Application], HubService, EmbeddedStore, int]
 
 
 # roles ------------------------------------------------------------------------------------------
