@@ -6,6 +6,8 @@
  *   formatTime(ms)        "YYYY-MM-DD HH:MM:SS" in the court's zone (<body data-timezone>)
  *   age(ms)               "3 秒前" / "3 s ago", against the server's clock
  *   localToUtcMs(value)   a datetime-local value read as court time -> UTC ms
+ *   reasonRules(pairs)    compile [[regex, key], …] (the hub's state-reason table)
+ *   reasonText(reason, rules)  a device state reason in the page's language (raw if unknown)
  *   connectLive(topics, onMessage)  the page's WebSocket with reconnect and the "connection
  *                         lost" banner
  * and wires the shell: language switch, sign-out, the court clock, the user menu.
@@ -351,6 +353,36 @@
     setInterval(tick, 5000);
   }
 
+  /* the hub's table of device state reasons: [[regex source, catalog key], …] */
+  function reasonRules(pairs) {
+    return (pairs || []).map(function (rule) {
+      return [new RegExp(rule[0]), rule[1]];
+    });
+  }
+
+  /* "agent offline, heartbeat 31 s" → each part translated; the raw text when one is unknown */
+  function reasonText(reason, rules) {
+    if (!reason) {
+      return "";
+    }
+    const parts = [];
+    for (const part of reason.split(", ")) {
+      let text = null;
+      for (const rule of rules) {
+        const match = rule[0].exec(part);
+        if (match) {
+          text = match.length > 1 ? t(rule[1], { n: match[1] }) : t(rule[1]);
+          break;
+        }
+      }
+      if (text === null) {
+        return reason;
+      }
+      parts.push(text);
+    }
+    return parts.join(t("reason.separator"));
+  }
+
   window.Courthub = {
     t: t,
     api: api,
@@ -361,5 +393,7 @@
     formatTime: formatTime,
     localToUtcMs: localToUtcMs,
     connectLive: connectLive,
+    reasonRules: reasonRules,
+    reasonText: reasonText,
   };
 })();

@@ -13,9 +13,7 @@
   const tplAgent = document.getElementById("tpl-agent");
   const VENUE_ORDER = (venuesEl.dataset.venueOrder || "").split(",").filter(Boolean);
   const rulesEl = document.getElementById("reason-rules");
-  const REASON_RULES = (rulesEl ? JSON.parse(rulesEl.textContent) : []).map(function (rule) {
-    return [new RegExp(rule[0]), rule[1]];
-  });
+  const REASON_RULES = C.reasonRules(rulesEl ? JSON.parse(rulesEl.textContent) : []);
 
   function field(root, name) {
     return root.querySelector('[data-field="' + name + '"]');
@@ -54,27 +52,8 @@
     parent.insertBefore(el, before);
   }
 
-  /* a state reason in the page's language (the raw text when any part is not known) */
   function reasonText(reason) {
-    if (!reason) {
-      return "";
-    }
-    const parts = [];
-    for (const part of reason.split(", ")) {
-      let text = null;
-      for (const rule of REASON_RULES) {
-        const match = rule[0].exec(part);
-        if (match) {
-          text = match.length > 1 ? C.t(rule[1], { n: match[1] }) : C.t(rule[1]);
-          break;
-        }
-      }
-      if (text === null) {
-        return reason;
-      }
-      parts.push(text);
-    }
-    return parts.join(C.t("reason.separator"));
+    return C.reasonText(reason, REASON_RULES);
   }
 
   function cardOf(agent, device) {

@@ -70,30 +70,10 @@
   }
 
   /* a state reason in the page's language (the technician page's table; raw when unknown) */
-  const REASON_RULES = (cfg.reason_rules || []).map(function (rule) {
-    return [new RegExp(rule[0]), rule[1]];
-  });
+  const REASON_RULES = C.reasonRules(cfg.reason_rules);
 
   function reasonText(reason) {
-    if (!reason) {
-      return "";
-    }
-    const parts = [];
-    for (const part of reason.split(", ")) {
-      let text = null;
-      for (const rule of REASON_RULES) {
-        const match = rule[0].exec(part);
-        if (match) {
-          text = match.length > 1 ? C.t(rule[1], { n: match[1] }) : C.t(rule[1]);
-          break;
-        }
-      }
-      if (text === null) {
-        return reason;
-      }
-      parts.push(text);
-    }
-    return parts.join(C.t("reason.separator"));
+    return C.reasonText(reason, REASON_RULES);
   }
 
   function stateLabel(state) {
