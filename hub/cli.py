@@ -9,6 +9,7 @@
     courthub bench ws                       web console WebSocket fan-out
     courthub bench video                    recorder capacity/CPU, live-feed latency
     courthub bench transcription            seat channels in real time, latency, memory
+    courthub bench telemetry                telemetry -> embedded store and VictoriaMetrics
     courthub bench report [--quick]         every bench + its ceilings -> docs/BENCHMARKS.md
     courthub schema                         print the JSON Schemas of the MQTT contract
 
@@ -176,6 +177,22 @@ def _cmd_bench_transcription(args: argparse.Namespace) -> int:
     return transcription_main(argv + (["--no-probe"] if args.no_probe else []))
 
 
+def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
+    from bench.telemetry import main as telemetry_main
+
+    argv = ["--devices", str(args.devices), "--messages", str(args.messages)]
+    return telemetry_main([*argv, "--rate", str(args.rate), "--poll-hz", str(args.poll_hz)])
+
+
+def _add_bench_telemetry(bench: Any) -> None:
+    b = bench.add_parser("telemetry", help="MQTT telemetry -> embedded store and InfluxDB")
+    b.add_argument("--devices", type=int, default=100, help="simulated devices (one agent each)")
+    b.add_argument("--messages", type=int, default=300_000, help="points (5 metrics each)")
+    b.add_argument("--rate", type=float, default=0.0, help="offered msg/s (0: flood)")
+    b.add_argument("--poll-hz", type=float, default=10.0, help="API requests/s during the run")
+    b.set_defaults(func=_cmd_bench_telemetry)
+
+
 def _add_bench_transcription(bench: Any) -> None:
     b = bench.add_parser("transcription", help="Vosk: live seat channels, latency, memory")
     b.add_argument("--channels", default="1,2,4,6", help="real-time runs (then N+2 while kept up)")
@@ -184,6 +201,12 @@ def _add_bench_transcription(bench: Any) -> None:
     b.add_argument("--threads", type=int, default=2, help="decoder pool size")
     b.add_argument("--hearing-minutes", type=float, default=10.0, help="memory run (0: skip)")
     b.set_defaults(func=_cmd_bench_transcription)
+
+
+def _add_bench_report(bench: Any) -> None:
+    b = bench.add_parser("report", help="run every bench, write docs/BENCHMARKS.md (--help)")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.report")
+    b.set_defaults(func=lambda a: importlib.import_module("bench.report").main(a.rest))
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -242,9 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-live", action="store_true", help="skip the live-feed latency")
     b.set_defaults(func=_cmd_bench_video)
     _add_bench_transcription(bench)
-    b = bench.add_parser("report", help="run every bench, write docs/BENCHMARKS.md (--help)")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m bench.report")
-    b.set_defaults(func=lambda a: importlib.import_module("bench.report").main(a.rest))
+    _add_bench_telemetry(bench)
+    _add_bench_report(bench)
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the MQTT contract")
     p.set_defaults(func=_cmd_schema)
