@@ -32,12 +32,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# every bench of bench/ with its parts' limits measured in the same run -> docs/BENCHMARKS.md
 bench: setup
-	$(BIN)/courthub bench ingest
-	$(BIN)/courthub bench ws
-	$(BIN)/courthub bench calls
-	$(BIN)/courthub bench video
-	$(BIN)/courthub bench transcription
+	$(BIN)/courthub bench report
 
 # the console's pages in headless Chromium, saved as PNGs for the README (tests/browser)
 screenshots: setup
