@@ -79,6 +79,9 @@ class TelemetryBenchOptions:
     poll_hz: float = 10.0
     #: give up waiting for the stores this long after the last publish
     timeout_s: float = 180.0
+    #: which sinks the hub writes to: the issue's (a) embedded and (b) VictoriaMetrics are
+    #: measured one at a time, and together
+    sinks: tuple[str, ...] = _SINKS
 
 
 # processes --------------------------------------------------------------------------------------
@@ -327,19 +330,25 @@ def _crossing(samples: list[tuple[float, float]], target: float) -> float | None
 
 
 async def _follow_sinks(
-    url: str, headers: dict[str, str], base: dict[str, float], target: int, stop: asyncio.Event
+    url: str,
+    headers: dict[str, str],
+    base: dict[str, float],
+    target: int,
+    stop: asyncio.Event,
+    *,
+    sinks: tuple[str, ...] = _SINKS,
 ) -> dict[str, list[tuple[float, float]]]:
-    """Poll ``/metrics`` at 2/s: each sink's ``written`` since ``base``, until both reached
+    """Poll ``/metrics`` at 2/s: each sink's ``written`` since ``base``, until all reached
     ``target`` or nothing moved for 15 s after ``stop`` (the publishers are done)."""
-    history: dict[str, list[tuple[float, float]]] = {s: [] for s in _SINKS}
+    history: dict[str, list[tuple[float, float]]] = {s: [] for s in sinks}
     still_since = time.monotonic()
     last: tuple[float, ...] = ()
     async with aiohttp.ClientSession(headers=headers) as http:
         while True:
             stats = await _sink_stats(http, url)
             now = time.monotonic()
-            values = tuple(stats.get(s, {}).get("written", 0.0) - base[s] for s in _SINKS)
-            for sink, value in zip(_SINKS, values, strict=True):
+            values = tuple(stats.get(s, {}).get("written", 0.0) - base[s] for s in sinks)
+            for sink, value in zip(sinks, values, strict=True):
                 history[sink].append((now, value))
             if all(v >= target for v in values):
                 return history
@@ -353,7 +362,9 @@ async def _follow_sinks(
 # the run ----------------------------------------------------------------------------------------
 
 
-def _hub_toml(work: Path, broker: MosquittoBroker, vm: _VictoriaMetrics) -> Path:
+def _hub_toml(
+    work: Path, broker: MosquittoBroker, vm: _VictoriaMetrics, sinks: tuple[str, ...] = _SINKS
+) -> Path:
     (work / "hub-password").write_text(HUB_PASSWORD + "\n")
     config = {
         "hub": {"data_dir": str(work / "hub")},
@@ -365,7 +376,11 @@ def _hub_toml(work: Path, broker: MosquittoBroker, vm: _VictoriaMetrics) -> Path
         },
         "api": {"port": 0},
         # device points only (the hub's own samples would be counted as stored points)
-        "telemetry": {"sample_interval_s": 3600.0, "influxdb": {"url": vm.url}},
+        "telemetry": {
+            "sample_interval_s": 3600.0,
+            "embedded": {"enabled": "embedded" in sinks},
+            "influxdb": {"url": vm.url if "influxdb" in sinks else ""},
+        },
     }
     path = work / "hub.toml"
     path.write_text(tomli_w.dumps(config))
@@ -446,14 +461,17 @@ async def run_telemetry_bench(options: TelemetryBenchOptions) -> dict[str, Any]:
         await asyncio.to_thread(broker.start)
         await vm.start()
         result["ceiling"] = await _ceiling(broker, passwords, lines)
-        hub, api, token = await _start_hub(work, _hub_toml(work, broker, vm))
+        hub, api, token = await _start_hub(work, _hub_toml(work, broker, vm, options.sinks))
         headers = {"Authorization": f"Bearer {token}"}
         await _births(broker, passwords)
         await _devices_known(api, headers, options.devices)
         setup = _Setup(broker, passwords, lines, hub, vm, api, headers)
         result.update(await _measure(options, setup))
-        exported, distinct = await asyncio.to_thread(vm.count, f"device_{METRICS[0]}")
-        result["victoriametrics"].update(exported_points=exported, duplicates=exported - distinct)
+        if "influxdb" in options.sinks:
+            exported, distinct = await asyncio.to_thread(vm.count, f"device_{METRICS[0]}")
+            result["victoriametrics"].update(
+                exported_points=exported, duplicates=exported - distinct
+            )
     finally:
         if hub is not None:
             await _stop_hub(hub)
@@ -484,7 +502,7 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
     total = len(lines) * len(passwords)
     async with aiohttp.ClientSession(headers=headers) as http:
         before = await _sink_stats(http, api)
-    base = {s: before.get(s, {}).get("written", 0.0) for s in _SINKS}
+    base = {s: before.get(s, {}).get("written", 0.0) for s in options.sinks}
     poller = _Api(api, headers, options.poll_hz)
     stop_poll, published = asyncio.Event(), asyncio.Event()
     polling = asyncio.create_task(poller.run(stop_poll))
@@ -494,7 +512,9 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
     cpu0 = {k: _cpu_seconds(p) for k, p in pids.items()}
     accepted0 = poller.accepted[-1][1] if poller.accepted else 0.0
     t0 = time.monotonic()
-    following = asyncio.create_task(_follow_sinks(api, headers, base, total, published))
+    following = asyncio.create_task(
+        _follow_sinks(api, headers, base, total, published, sinks=options.sinks)
+    )
     publish_s = await _publish(broker, passwords, lines, options.rate)
     published.set()
     try:
@@ -509,8 +529,8 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
         after = await _sink_stats(http, api)
         async with http.get(f"{api}/api/v1/stats") as resp:
             hub_stats = await resp.json()
-    out: dict[str, Any] = {"publish": {"seconds": round(publish_s, 3)}}
-    for sink in _SINKS:
+    out: dict[str, Any] = {"publish": {"seconds": round(publish_s, 3)}, "sinks": options.sinks}
+    for sink in options.sinks:
         done = _crossing(history[sink], total)
         stored = after.get(sink, {}).get("written", 0.0) - base[sink]
         key = "embedded" if sink == "embedded" else "victoriametrics"
@@ -530,7 +550,7 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
         "lost": hub_stats.get("lost"),
         "bad_messages": hub_stats.get("bad_messages"),
         "cpu_cores": cpu,
-        # the hub's whole CPU (ingest, pipeline, both sinks, API) per point stored in both
+        # the hub's whole CPU (ingest, pipeline, the sinks of this run, API) per point
         "cpu_us_per_point": round(used["hub"] / total * 1e6, 1),
     }
     out["api"] = {
@@ -589,7 +609,9 @@ def table(result: dict[str, Any]) -> str:
         ),
     ]
     for key, name in (("embedded", "embedded store"), ("victoriametrics", "VictoriaMetrics")):
-        part = result.get(key, {})
+        if key not in result:
+            continue
+        part = result[key]
         extra = f", exported {part['exported_points']}" if "exported_points" in part else ""
         extra += f", duplicates {part['duplicates']}" if "duplicates" in part else ""
         rows.append(
@@ -612,7 +634,8 @@ def table(result: dict[str, Any]) -> str:
         (
             "CPU (cores, avg)",
             json.dumps(hub.get("cpu_cores", {})),
-            f"hub {hub.get('cpu_us_per_point', '-')} µs CPU per point (both sinks)",
+            f"hub {hub.get('cpu_us_per_point', '-')} µs CPU per point "
+            f"(sinks: {', '.join(result.get('sinks', ()))})",
         )
     )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -633,6 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=defaults.rate, help="msg/s, 0 = flood")
     parser.add_argument("--poll-hz", type=float, default=defaults.poll_hz, help="API requests/s")
     parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="s to catch up")
+    parser.add_argument(
+        "--sinks",
+        choices=("both", "embedded", "influxdb"),
+        default="both",
+        help="the hub writes to both sinks, or to one (the issue's (a) and (b))",
+    )
     args = parser.parse_args(argv)
     # force: under `courthub bench telemetry` the CLI has configured INFO logging already
     logging.basicConfig(
@@ -646,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         poll_hz=args.poll_hz,
         timeout_s=args.timeout,
+        sinks=_SINKS if args.sinks == "both" else (args.sinks,),
     )
     result = asyncio.run(run_telemetry_bench(options))
     print(table(result), flush=True)

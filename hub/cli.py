@@ -181,6 +181,7 @@ def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
     from bench.telemetry import main as telemetry_main
 
     argv = ["--devices", str(args.devices), "--messages", str(args.messages)]
+    argv += ["--sinks", args.sinks]
     return telemetry_main([*argv, "--rate", str(args.rate), "--poll-hz", str(args.poll_hz)])
 
 
@@ -190,6 +191,7 @@ def _add_bench_telemetry(bench: Any) -> None:
     b.add_argument("--messages", type=int, default=300_000, help="points (5 metrics each)")
     b.add_argument("--rate", type=float, default=0.0, help="offered msg/s (0: flood)")
     b.add_argument("--poll-hz", type=float, default=10.0, help="API requests/s during the run")
+    b.add_argument("--sinks", choices=("both", "embedded", "influxdb"), default="both")
     b.set_defaults(func=_cmd_bench_telemetry)
 
 
