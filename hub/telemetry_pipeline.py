@@ -34,7 +34,7 @@ from hub.registry import (
     Registry,
     TelemetryReceived,
 )
-from hub.telemetry_points import HEALTH_CODES, Point, TelemetrySink
+from hub.telemetry_points import HEALTH_CODES, Point, TelemetrySink, sort_tags
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class TelemetryPipeline:
         self._hub_id = hub_id
         self._clock = clock
         self._device_points = device_points
-        #: (agent, device) → its tags; dropped when a birth may have changed venue or kind
-        self._tags: dict[tuple[str, str], dict[str, str]] = {}
+        #: (agent, device) → its sorted tags; dropped when a birth may change venue or kind
+        self._tags: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         self.points = 0
         self.failures = 0
 
@@ -84,7 +84,7 @@ class TelemetryPipeline:
                 msg = change.telemetry
                 if msg.metrics:
                     tags = self._device_tags(change.agent, change.device)
-                    self._write([Point.make(DEVICE, tags, msg.metrics, msg.ts)])
+                    self._write([Point(DEVICE, tags, msg.metrics, msg.ts)])
             elif isinstance(change, HealthChanged):
                 tags = self._device_tags(change.agent, change.device)
                 self._write([_health_point(tags, change.new.value, change.ts, None)])
@@ -96,18 +96,20 @@ class TelemetryPipeline:
             self.failures += 1
             log.exception("telemetry point failed change=%s", type(change).__name__)
 
-    def _device_tags(self, agent_id: str, device_id: str) -> dict[str, str]:
+    def _device_tags(self, agent_id: str, device_id: str) -> tuple[tuple[str, str], ...]:
         key = (agent_id, device_id)
         tags = self._tags.get(key)
         if tags is None:
             agent = self.registry.agent(agent_id)
             device = self.registry.device(agent_id, device_id)
-            tags = {
-                "agent": agent_id,
-                "device": device_id,
-                "venue": agent.venue_id if agent else "",
-                "kind": device.kind if device else "",
-            }
+            tags = sort_tags(
+                {
+                    "agent": agent_id,
+                    "device": device_id,
+                    "venue": agent.venue_id if agent else "",
+                    "kind": device.kind if device else "",
+                }
+            )
             if agent is not None and device is not None:  # complete: worth keeping
                 self._tags[key] = tags
         return tags
@@ -163,11 +165,13 @@ class TelemetryPipeline:
         return {"points": self.points, "failures": self.failures}
 
 
-def _health_point(tags: Mapping[str, str], state: str, ts_ms: int, age_s: float | None) -> Point:
+def _health_point(
+    tags: tuple[tuple[str, str], ...], state: str, ts_ms: int, age_s: float | None
+) -> Point:
     fields = {"state_code": float(HEALTH_CODES.get(state, 0)), "up": float(state == "online")}
     if age_s is not None:
         fields["last_seen_age_s"] = max(0.0, age_s)
-    return Point.make(DEVICE_HEALTH, tags, fields, ts_ms)
+    return Point(DEVICE_HEALTH, tags, fields, ts_ms)
 
 
 def _numbers(values: Mapping[str, Any]) -> dict[str, float]:

@@ -186,10 +186,29 @@ class _BufferedClient(paho.Client):
         message.properties = _EMPTY_PUBLISH_PROPERTIES
         message.payload = bytes(packet[props_at + 1 :])
         message.timestamp = paho.time_func()
-        self._handle_on_message(message)
+        self._deliver(message)
         if qos == 0:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return self._send_puback(message.mid)
+
+    def _deliver(self, message: paho.MQTTMessage) -> None:
+        """paho's ``_handle_on_message`` minus its per-topic callback matcher when no per-topic
+        callback exists (MqttLink adds none): the matcher splits and walks every topic — measured
+        ~15 % of the network thread at 12k msg/s (py-spy, bench telemetry)."""
+        filtered = getattr(self, "_on_message_filtered", None)
+        root = getattr(filtered, "_root", None)
+        if root is None or root._children or not hasattr(self, "_in_callback_mutex"):
+            self._handle_on_message(message)  # a topic callback exists, or paho changed
+            return
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:  # as paho does: log, and re-raise unless suppressed
+                    self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
@@ -220,6 +239,7 @@ _BUFFERED_READS = all(
         "_handle_publish",
         "_handle_on_message",
         "_send_puback",
+        "_easy_log",
     )
 )
 _EMPTY_PUBLISH_PROPERTIES = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]

@@ -109,3 +109,16 @@ def test_new_socket_discards_old_buffer() -> None:
     client._sock = _FakeSock(_publish("courthub/v1/a1/d1/telemetry", b"2"), 1 << 20)  # type: ignore[assignment]
     client.loop_read()
     assert [p for _, p, *_ in got] == [b"1", b"2"]
+
+
+def test_topic_callbacks_still_work_beside_the_fast_delivery() -> None:
+    """The fast path skips paho's per-topic matcher only while no topic callback exists: one
+    added with ``message_callback_add`` gets its topic's messages (and on_message the rest)."""
+    packets = _publish("courthub/v1/a1/d1/telemetry", b"1") + _publish("other/topic", b"2")
+    client, sock, got = _client(packets, 64)
+    assert client._on_message_filtered._root._children == {}  # the attribute the guard reads
+    special: list[bytes] = []
+    client.message_callback_add("other/#", lambda c, u, m: special.append(bytes(m.payload)))
+    while sock.data or client._buffered():
+        client.loop_read()
+    assert [p for _t, p, *_ in got] == [b"1"] and special == [b"2"]
