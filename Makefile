@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps lint typecheck unit bench screenshots clean
+.PHONY: demo test setup system-deps lint typecheck unit bench screenshots clean chaos soak
 
 demo: setup
 	$(BIN)/courthub demo $(ARGS)
@@ -35,6 +35,14 @@ typecheck: setup
 # every bench of bench/ with its parts' limits measured in the same run -> docs/BENCHMARKS.md
 bench: setup
 	$(BIN)/courthub bench report
+
+# the reliability suite (tests/chaos): every fault, strict about known bugs (tens of minutes);
+# `make test` runs its quick subset. `make soak` runs the court an hour (SOAK_MINUTES=N)
+chaos: setup
+	COURTHUB_CHAOS_FULL=1 COURTHUB_CHAOS_STRICT=1 $(BIN)/python -m pytest -s -q tests/chaos
+
+soak: setup
+	$(BIN)/python tests/chaos/soak.py
 
 # the console's pages in headless Chromium, saved as PNGs for the README (tests/browser)
 screenshots: setup

@@ -1,0 +1,145 @@
+"""Soak: the chaos court with no faults for ``SOAK_MINUTES`` (default 60), then a table of every
+process's memory (RSS) and open file descriptors after warm-up versus at the end.
+
+    SOAK_MINUTES=3 .venv/bin/python tests/chaos/soak.py [--work DIR]      (``make soak``)
+
+Processes: the hub and its children (Mosquitto, ffmpeg), every agent, VictoriaMetrics, and this
+process (the simulated devices). Samples every ``SOAK_SAMPLE_S`` seconds (default 10) from
+/proc. Warm-up is the first fifth of the run (at least one minute). Verdict per process: RSS
+growth ≤ 20 % (median of the last three samples vs median of the last three warm-up samples)
+and no leaked descriptors (fewest in the last three samples minus most during warm-up > 0).
+A process that restarted (new pid) is reported, not judged. Exit 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chaos_court import ChaosCourt
+
+RSS_GROWTH_MAX = 0.20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Series:
+    """Samples of one process: (seconds since start, RSS bytes, open fds)."""
+
+    name: str
+    pid: int
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
+
+
+def rss_and_fds(pid: int) -> tuple[int, int] | None:
+    """RSS in bytes and open descriptors of ``pid`` (None once it is gone)."""
+    try:
+        rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except (OSError, IndexError, ValueError):
+        return None
+    return rss_pages * PAGE, fds
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``, whichever of its threads started them (Mosquitto is started
+    from a worker thread)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def processes(court: ChaosCourt) -> dict[str, int]:
+    """name → pid of every process of the court right now."""
+    found = {"runner (simulated devices)": os.getpid()}
+    if court.hub_proc is not None and court.hub_proc.poll() is None:
+        found["hub"] = court.hub_proc.pid
+        for child in children(court.hub_proc.pid):
+            found[f"hub/{comm(child)}-{child}"] = child
+    for name, agent in court.court.agents.items():
+        if agent.proc is not None and agent.proc.returncode is None:
+            found[f"agent {name}"] = agent.proc.pid
+    vm = getattr(court.vm, "_proc", None)
+    if vm is not None and vm.poll() is None:
+        found["victoria-metrics"] = vm.pid
+    return found
+
+
+def verdict(series: Series, warm_end_s: float) -> tuple[bool, str]:
+    """Whether ``series`` meets the targets, and its table row."""
+    warm = [s for s in series.samples if s[0] <= warm_end_s]
+    late = series.samples[-3:]
+    if len(warm) < 3 or len(late) < 3 or late[0][0] <= warm_end_s:
+        return True, f"{series.name:<34} pid {series.pid:<7} too few samples (restarted?)"
+    rss_warm = statistics.median(s[1] for s in warm[-3:])
+    rss_end = statistics.median(s[1] for s in late)
+    growth = rss_end / rss_warm - 1
+    leaked = min(s[2] for s in late) - max(s[2] for s in warm)
+    ok = growth <= RSS_GROWTH_MAX and leaked <= 0
+    row = (
+        f"{series.name:<34} pid {series.pid:<7} RSS {rss_warm / 2**20:7.1f} → "
+        f"{rss_end / 2**20:7.1f} MB ({growth:+6.1%})  fds {max(s[2] for s in warm):4d} → "
+        f"{min(s[2] for s in late):4d} (leaked {max(leaked, 0)})  {'ok' if ok else 'MISSED'}"
+    )
+    return ok, row
+
+
+async def soak(work: Path, minutes: float, sample_s: float) -> int:
+    court = ChaosCourt(work)
+    await court.start()
+    start = time.monotonic()
+    duration = minutes * 60
+    warm_end = max(60.0, duration / 5)
+    series: dict[tuple[str, int], Series] = {}
+    try:
+        while (now := time.monotonic() - start) < duration:
+            for name, pid in processes(court).items():
+                sample = rss_and_fds(pid)
+                if sample is not None:
+                    key = (name, pid)
+                    series.setdefault(key, Series(name, pid)).samples.append((now, *sample))
+            await asyncio.sleep(sample_s)
+    finally:
+        await court.stop()
+    print(f"soak: {minutes:g} min, warm-up {warm_end:.0f} s, sample every {sample_s:g} s")
+    results = [verdict(s, warm_end) for s in series.values()]
+    print("\n".join(row for _, row in results))
+    ok = all(good for good, _ in results)
+    print(f"soak {'OK' if ok else 'MISSED a target'} (RSS growth ≤ 20 %, 0 leaked fds); {work}")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", help="work dir (default: a new temp dir)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    minutes = float(os.environ.get("SOAK_MINUTES", "60"))
+    sample_s = float(os.environ.get("SOAK_SAMPLE_S", "10"))
+    work = Path(args.work or tempfile.mkdtemp(prefix="courthub-soak-"))
+    return asyncio.run(soak(work, minutes, sample_s))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
