@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 from collections.abc import Callable
 from typing import Any
 
@@ -124,7 +125,11 @@ class SerialLink:
             self._lose(f"read failed: {exc}")
             return
         if not data:
-            self._lose("end of file")
+            # pyserial's timeout=0 sets VMIN=0/VTIME=0, so a tty answers b"" when it woke the
+            # loop with nothing to read — not an end of file. Only a hang-up (the other side
+            # of a pty closed, a USB adapter gone) is; poll says which, without blocking.
+            if _hung_up(self._fd):
+                self._lose("hang-up")
             return
         self._buffer += data
         if len(self._buffer) > MAX_BUFFER:
@@ -200,3 +205,14 @@ class SerialLink:
     def reset_input(self) -> None:
         """Drop everything received and not yet read."""
         self._buffer.clear()
+
+
+def _hung_up(fd: int) -> bool:
+    """True when the tty ``fd`` reports a hang-up or an error (``poll``, no waiting)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        events = poller.poll(0)
+    except OSError:
+        return True
+    return any(mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _fd, mask in events)

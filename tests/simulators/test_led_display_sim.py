@@ -139,3 +139,22 @@ async def test_unplug_and_replug_reopen_the_link(bus: SimulatedLedBus) -> None:
         await link.close()
     with pytest.raises(SerialLinkClosed):
         await link.write(b"x")
+
+
+async def test_a_wake_up_with_nothing_to_read_is_not_an_unplug(bus: SimulatedLedBus) -> None:
+    """pyserial's timeout=0 makes the tty answer b"" when there is nothing to read; that is not
+    an end of file (found by the chaos suite: LED panels flapped offline hundreds of times)."""
+    states: list[tuple[bool, str]] = []
+    link = SerialLink(
+        bus.path, reopen_min_s=0.05, reopen_max_s=0.1, on_state=lambda o, r: states.append((o, r))
+    )
+    await link.open()
+    try:
+        assert await link.wait_open(2.0)
+        for _ in range(3):
+            link._on_readable()  # what the loop calls on a wake-up; the pty holds no data
+        assert link.is_open
+        assert await ask(link, encode_frame(1, 0x10))
+        assert states == [(True, "open")]
+    finally:
+        await link.close()
