@@ -68,6 +68,7 @@ from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
 from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
+from hub.downtime_gaps import DowntimeGaps
 from hub.embedded_tsdb import EmbeddedStore
 from hub.hall_displays import HallDisplays
 from hub.hall_kiosks import HallKiosks
@@ -349,6 +350,12 @@ async def _start_video(
     await asyncio.to_thread(storage.mkdir, parents=True, exist_ok=True)
     index = await RecordingIndex.open(data_dir / DB_FILE, storage)
     parts.push_async_callback(_logged, "recordings index close", index.close)
+    # the hole a restart left in every track is a gap too (before the recorders add segments)
+    downtime = DowntimeGaps(index)
+    cameras = [c.id for c in config.recorder.cameras if c.record]
+    await downtime.snapshot([*cameras, *audio_tracks(config.recorder)])
+    parts.callback(index.add_segment_listener(downtime.on_segment))
+    parts.push_async_callback(_logged, "downtime gaps", downtime.wait)
     hearings = await HearingService.open(data_dir, index, audit)
     parts.push_async_callback(_logged, "hearings close", hearings.close)
     live = LiveVideo()

@@ -328,6 +328,7 @@ class RecordingIndex:
         self._thread = DbThread("recordings-db")
         self._db: sqlite3.Connection | None = None
         self._head_fd: int | None = None
+        self._segment_listeners: list[Callable[[SegmentRecord], None]] = []
 
     @classmethod
     async def open(
@@ -394,7 +395,18 @@ class RecordingIndex:
             size,
             recovered,
         )
+        for listener in list(self._segment_listeners):
+            try:
+                listener(record)
+            except Exception:  # a listener's bug must not fail the indexing of evidence
+                log.exception("segment listener failed camera=%s", camera)
         return record
+
+    def add_segment_listener(self, fn: Callable[[SegmentRecord], None]) -> Callable[[], None]:
+        """Call ``fn(record)`` (on the loop, must not block) after each segment is indexed;
+        returns a function that removes it."""
+        self._segment_listeners.append(fn)
+        return lambda: self._segment_listeners.remove(fn) if fn in self._segment_listeners else None
 
     async def indexed_paths(self, camera: str) -> set[str]:
         """Every indexed path of ``camera`` (deleted ones too), for the crash-recovery scan."""

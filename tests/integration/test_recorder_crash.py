@@ -173,6 +173,22 @@ async def test_kill_9_mid_segment_then_restart_recovers_and_records_on(tmp_path:
         )
         report = await asyncio.to_thread(verify_recordings, db, storage)
         assert report.ok, [p.line() for p in report.problems]
+        # the time the hub was dead is a gap of each camera, from its last segment before the
+        # kill (recovered ones included) to its first one after the restart
+        for cam in (MJPEG_CAM, H264_CAM):
+            mine = await video.index.segments(camera=cam)
+            last_before = max(s.end_ms for s in mine if s.end_ms <= restart_ms)
+            first_after = min(s.start_ms for s in mine if s.start_ms >= restart_ms)
+            covering = []
+            for _ in range(100):  # the gap is written just after the first new segment
+                gaps = await video.index.gaps(camera=cam)
+                covering = [
+                    g for g in gaps if g.from_ms <= last_before and (g.to_ms or 0) >= first_after
+                ]
+                if covering:
+                    break
+                await asyncio.sleep(0.05)
+            assert covering, (cam, last_before, first_after, gaps)
     finally:
         if proc.poll() is None:
             proc.kill()
