@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ from hub.alerts import AlertBoard
 from hub.audio_recorder import AudioRecorder
 from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
+from hub.case_lookup import CaseDirectory
 from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
 from hub.downtime_gaps import DowntimeGaps
@@ -207,9 +209,12 @@ async def run_hub(
         first_admin_password = await accounts.ensure_first_admin()
         queue = await QueueService.open(data_dir, config.queue)
         parts.push_async_callback(_logged, "queue close", queue.close)
-        _start_hall_bridges(config, service, queue, parts)
+        kiosks = _start_hall_bridges(config, service, queue, parts)
         telemetry = await _start_telemetry(config, service, audit, parts)
         video = await _start_video(config, service, audit, telemetry.alerts, parts)
+        kiosks.case_lookup = CaseDirectory(
+            video.hearings.all, _venue_namer(service), config.hub.timezone, time.time
+        ).lookup
         telemetry.rules.set_hearing_venues(video.hearings.recording_venues)
         runner, api_url = await _start_api(
             config,
@@ -247,10 +252,22 @@ async def run_hub(
         await stop.wait()
 
 
+def _venue_namer(service: HubService) -> Callable[[str], str]:
+    """A venue id's display name, from the agents' births (the id when none names it)."""
+
+    def name(venue: str) -> str:
+        for agent in service.registry.agents():
+            if agent.venue_id == venue and agent.venue_name:
+                return agent.venue_name
+        return venue
+
+    return name
+
+
 def _start_hall_bridges(
     config: HubConfig, service: HubService, queue: QueueService, parts: contextlib.AsyncExitStack
-) -> None:
-    """Kiosk requests → tickets, calls → LED panels, issued tickets → the hall printer."""
+) -> HallKiosks:
+    """Kiosk requests → tickets and case answers, calls → LED panels, tickets → the printer."""
     kiosks = HallKiosks(service, queue)
     kiosks.start()
     parts.push_async_callback(_logged, "kiosk bridge stop", kiosks.stop)
@@ -259,6 +276,7 @@ def _start_hall_bridges(
     parts.push_async_callback(_logged, "hall displays stop", displays.stop)
     printer = _start_hall_printer(config, service, queue)
     parts.push_async_callback(_logged, "hall printer stop", printer.stop)
+    return kiosks
 
 
 def _start_hall_printer(config: HubConfig, service: HubService, queue: QueueService) -> HallPrinter:

@@ -1,4 +1,6 @@
-"""The bridge between the hall's kiosks and the queue: ``ticket_request`` in, ``send_ticket`` out.
+"""The bridge between the hall's kiosks and the hub: ``ticket_request`` in, ``send_ticket`` out;
+``case_query`` in, ``send_case_info`` out (from :attr:`HallKiosks.case_lookup`, see
+``hub/case_lookup.py``; without one every case is "not found", so the kiosk still gets an answer).
 
 A listener on :class:`~hub.service.HubService` picks the kiosks' ``ticket_request`` events (see
 ``shared/protocols/kiosk-mqtt.md``; the kiosk driver forwards them as device events), issues the
@@ -30,6 +32,8 @@ GENERIC_ERROR_TEXT: Final = "取号暂时失败，请稍后重试或咨询导服
 MAX_CONCURRENT: Final = 32
 #: requests waiting for a slot beyond this are dropped (the kiosk repeats after 5 s)
 MAX_BACKLOG: Final = 1000
+#: the kiosk events this bridge answers
+_REQUESTS: Final = frozenset({"ticket_request", "case_query"})
 
 
 class HallKiosks:
@@ -50,6 +54,8 @@ class HallKiosks:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsubscribe: Callable[[], None] | None = None
+        #: case number → ``send_case_info`` arguments (set once the hearings exist)
+        self.case_lookup: Callable[[str], dict[str, Any]] | None = None
 
     def start(self) -> None:
         """Listen to the hub's events (idempotent)."""
@@ -70,9 +76,9 @@ class HallKiosks:
         return len(self._tasks)
 
     def _on_change(self, change: HubChange) -> None:
-        if not isinstance(change, EventReceived) or change.event.type != "ticket_request":
+        if not isinstance(change, EventReceived) or change.event.type not in _REQUESTS:
             return
-        self.stats["requests"] += 1
+        self.stats["requests" if change.event.type == "ticket_request" else "case_queries"] += 1
         if len(self._tasks) >= MAX_BACKLOG:
             self.stats["dropped_backlog"] += 1
             log.warning(
@@ -82,19 +88,42 @@ class HallKiosks:
             )
             return
         task = asyncio.create_task(
-            self._handle(change.agent, change.device, dict(change.event.data)),
+            self._handle(change.agent, change.device, change.event.type, dict(change.event.data)),
             name=f"hall-ticket-{change.agent}-{change.device}",
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, agent: str, device: str, data: dict[str, Any]) -> None:
+    async def _handle(self, agent: str, device: str, kind: str, data: dict[str, Any]) -> None:
         async with self._slots:
             try:
-                await self._answer(agent, device, data)
+                if kind == "case_query":
+                    await self._answer_case(agent, device, data)
+                else:
+                    await self._answer(agent, device, data)
             except Exception:
                 self.stats["failures"] += 1
-                log.exception("ticket request failed agent=%s device=%s", agent, device)
+                log.exception("%s failed agent=%s device=%s", kind, agent, device)
+
+    async def _answer_case(self, agent: str, device: str, data: dict[str, Any]) -> None:
+        request_id, case_no = data.get("request_id"), data.get("case_no")
+        if not isinstance(request_id, str) or not request_id or not isinstance(case_no, str):
+            self.stats["bad_requests"] += 1
+            log.warning("case query without request_id/case_no agent=%s device=%s", agent, device)
+            return
+        answer = self.case_lookup(case_no) if self.case_lookup else {"found": False}
+        outcome = await self._send(
+            agent, device, "send_case_info", {"request_id": request_id, **answer}
+        )
+        if outcome.ok:
+            self.stats["case_infos_sent"] += 1
+            log.info(
+                "case info sent agent=%s device=%s request_id=%s found=%s",
+                agent,
+                device,
+                request_id,
+                answer["found"],
+            )
 
     async def _answer(self, agent: str, device: str, data: dict[str, Any]) -> None:
         request_id = data.get("request_id")

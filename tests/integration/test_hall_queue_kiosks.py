@@ -4,18 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from device_drivers.kiosk_messages import ErrorReply, Ticket, TicketRequest, encode_up
+from device_drivers.kiosk_messages import CaseInfo, ErrorReply, Ticket, TicketRequest, encode_up
 from edge_agents.config import agent_config_from_dict
 from edge_agents.runtime import EdgeAgent
 from hub.broker import MosquittoBroker
+from hub.case_lookup import CaseDirectory
 from hub.config import hub_config_from_dict
 from hub.hall_kiosks import HallKiosks
+from hub.hearings import Hearing
 from hub.queue_service import QueueService
 from hub.registry import EventReceived, HealthState
 from hub.service import HubService
@@ -157,3 +160,42 @@ async def test_unknown_service_gets_a_chinese_error(
 
 def original_data(msg: TicketRequest) -> dict[str, Any]:
     return {"request_id": msg.request_id, "service": msg.service, "priority": msg.priority}
+
+
+async def test_a_case_query_is_answered_from_the_hearings(
+    hall: tuple[HubService, QueueService, HallKiosks, SimulatedKiosk],
+) -> None:
+    """The chaos suite found kiosks' case look-ups never answered: the litigant gave up after
+    three repeats. Now the hub answers from the hearings it knows (hub/case_lookup.py)."""
+    _hub, _queue, bridge, kiosk = hall
+    known = Hearing(
+        id="h1",
+        title="张某诉李某",
+        case_no="(2026)京0105民初12345号",
+        venues=("court-1",),
+        opened_ms=0,
+        opened_by="clerk",
+        state="scheduled",
+        scheduled_ms=now_ms() + 86_400_000,
+    )
+    directory = CaseDirectory(
+        lambda: [known], {"court-1": "第一法庭"}.get, "Asia/Shanghai", time.time
+    )
+    bridge.case_lookup = directory.lookup
+
+    def answer(rid: str) -> CaseInfo | None:
+        return next(
+            (m for m in kiosk.received if isinstance(m, CaseInfo) and m.request_id == rid), None
+        )
+
+    # typed on the kiosk with full-width brackets
+    rid = kiosk.query_case("（2026）京0105民初12345号")
+    await until(lambda: answer(rid), "the case answer")
+    info = answer(rid)
+    assert info is not None and info.found and info.courtroom == "第一法庭"
+    assert info.status is not None and "已排期" in info.status and info.next_hearing
+    missing = kiosk.query_case("(2025)京0105民初1号")
+    await until(lambda: answer(missing), "the not-found answer")
+    assert answer(missing) == CaseInfo(request_id=missing, found=False)
+    # the command's result reaches the hub just after the kiosk got the answer
+    await until(lambda: bridge.stats["case_infos_sent"] == 2, "the bridge to count both")
