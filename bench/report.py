@@ -1002,6 +1002,8 @@ def run_report(options: ReportOptions, echo: Callable[[str], None] = print) -> i
         rows += bench_rows(spec, runs.get(spec.name), ceilings.get(spec.name))
     failures = [r for r in [*runs.values(), *ceilings.values()] if not r.ok]
     generated = render(report, rows, failures)
+    # read again: the benches take up to an hour, and the hand-written text may change meanwhile
+    doc_text = options.doc.read_text(encoding="utf-8")
     write_atomic(options.doc, replace_between_markers(doc_text, generated))
     raw = {
         **report,
