@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from hub.live_transcriber import BEHIND_CHUNKS
 from transcription.stream import ChannelStream, FinalSegment, Partial
 from transcription.vosk_engine import VoskEngine
 
@@ -272,7 +273,8 @@ async def realtime_run(
         frame_bytes = FRAME_SAMPLES * 2
         while (k := await seat.queue.get()) is not None:
             chunk = pcm[k * frame_bytes : (k + 1) * frame_bytes]
-            await seat.stream.feed(chunk, t0_us + int(k * FRAME_S * 1e6))
+            behind = seat.queue.qsize() >= BEHIND_CHUNKS  # as hub/live_transcriber.py does
+            await seat.stream.feed(chunk, t0_us + int(k * FRAME_S * 1e6), behind=behind)
             seat.lag_s.append(time.perf_counter() - (t0 + (k + 1) * FRAME_S))
 
     late: list[float] = []

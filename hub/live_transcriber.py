@@ -57,6 +57,10 @@ class SessionLookup(Protocol):
         """The open hearing's id, or None."""
 
 
+#: chunks waiting (40 ms frames: 200 ms of audio) from which a seat counts as behind
+BEHIND_CHUNKS = 5
+
+
 @dataclass
 class _Track:
     """One seat channel being transcribed."""
@@ -285,7 +289,9 @@ class LiveTranscriber:
                 on_partial=on_partial,
                 recognizer=self._spares.pop(track.track, None),
             )
-        finals = await track.stream.feed(pcm, capture_ts_us)
+        # a seat with more audio waiting skips partials until it has caught up
+        behind = track.queue.qsize() >= BEHIND_CHUNKS
+        finals = await track.stream.feed(pcm, capture_ts_us, behind=behind)
         await self._store(track, hearing, finals)
         stats = track.stream.stats
         track.stats = {"rtf": round(stats.rtf, 3), "frames_in": stats.frames_in}

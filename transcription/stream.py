@@ -191,8 +191,14 @@ class ChannelStream:
             await self._off_loop(self._rec.warm_up)
             self._prepared = True
 
-    async def feed(self, pcm: bytes, capture_ts_us: int) -> list[FinalSegment]:
+    async def feed(
+        self, pcm: bytes, capture_ts_us: int, *, behind: bool = False
+    ) -> list[FinalSegment]:
         """Decode one frame captured at ``capture_ts_us``; returns the finals it completed.
+
+        ``behind``: the caller has more audio of this seat waiting; no partial is asked for
+        (a partial of audio already superseded costs a decode step, and catching up gets the
+        final — the record — out sooner).
 
         Raises ``ValueError`` for PCM that is not whole s16le samples (counted in
         ``stats.rejected``) and ``RuntimeError`` after :meth:`close`.
@@ -214,7 +220,7 @@ class ChannelStream:
                 self.stats.gaps += 1
                 log.debug("capture gap seat=%s ts_us=%d", self.seat, capture_ts_us)
             self._since_partial += samples
-            want_partial = self._since_partial >= self._partial_every
+            want_partial = self._since_partial >= self._partial_every and not behind
             if want_partial:
                 self._since_partial = 0
             final, partial, ended, took = await self._off_loop(self._decode, pcm, want_partial)

@@ -280,3 +280,26 @@ async def test_load_async_runs_off_the_loop(model_dir: Path, tmp_path: Path) -> 
     with pytest.raises(ModelError):
         await VoskEngine.load_async(tmp_path / "nothing", progress=messages.append)
     assert messages == []
+
+
+async def test_a_stream_behind_skips_partials_not_finals(
+    engine: VoskEngine, three_phrases: bytes
+) -> None:
+    """``behind=True`` (more audio of the seat waiting): no partials, the same finals."""
+    parts = chunks(three_phrases, 40)
+    finals: list[FinalSegment] = []
+    partials: list[Partial] = []
+    with ThreadPoolExecutor(2) as pool:
+        stream = ChannelStream(
+            engine,
+            "judge",
+            executor=pool,
+            phrases=PHRASES,
+            on_final=finals.append,
+            on_partial=partials.append,
+        )
+        for part, ts in zip(parts, contiguous(parts), strict=True):
+            await stream.feed(part, ts, behind=True)
+        await stream.close()
+    assert partials == [] and stream.stats.partials == 0
+    assert [f.text for f in finals] == ["안녕하세요", "증인 선서", "감사합니다"]
