@@ -74,11 +74,11 @@ async def test_bad_requests_and_failed_commands_are_counted_not_raised(
     bridge = HallKiosks(hub, queue)  # type: ignore[arg-type]
     bridge.start()
     hub.emit({"service": "filing"})  # no request_id: nothing to answer
-    hub.emit({"request_id": "x"}, kind="case_query")  # not ours
+    hub.emit({"request_id": "x"}, kind="case_query")  # a case look-up without a case number
     hub.fail = True
     hub.emit({"request_id": "r1", "service": "filing", "priority": "normal"})
     await settle(bridge)
-    assert bridge.stats["bad_requests"] == 1 and bridge.stats["command_failures"] == 1
+    assert bridge.stats["bad_requests"] == 2 and bridge.stats["command_failures"] == 1
     assert bridge.stats["requests"] == 2 and bridge.stats["tickets_sent"] == 0
     # the kiosk repeats; this time the answer goes through, with the same ticket
     hub.fail = False
