@@ -228,6 +228,12 @@ def _check(config: HubConfig, source: str) -> None:
     _check_broker(config.broker, source)
     for field, message in check_recorder(config.recorder):
         raise HubConfigError(source, field, message)
+    if config.telemetry.charts == "influxdb" and not config.telemetry.influxdb.url:
+        raise HubConfigError(
+            source,
+            "telemetry.charts",
+            '"influxdb" needs [telemetry.influxdb] url (the server the charts read)',
+        )
     for i, override in enumerate(config.health.overrides):
         for what in ("agent", "device"):
             value = getattr(override, what)

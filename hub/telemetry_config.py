@@ -3,6 +3,7 @@
 ```toml
 [telemetry]
 sample_interval_s = 10        # hub internals and device health sampled this often
+charts = "embedded"           # what the technician's charts read: "embedded" or "influxdb"
 
 [telemetry.embedded]          # SQLite in the hub's data dir (the default; no server needed)
 enabled = true
@@ -14,9 +15,15 @@ url = "http://127.0.0.1:8086"
 org = "court"
 bucket = "courthub"
 token_file = "/etc/courthub/influx.token"   # the token itself is never logged
+# read by the charts when charts = "influxdb" (InfluxQL on /query: InfluxDB 1.x, 1.8+, or 2.x
+# with a DBRP mapping for the bucket; VictoriaMetrics does not answer InfluxQL)
+query_url = ""                # "" = url
+database = ""                 # InfluxQL database; "" = bucket
+retention_policy = ""         # "" = the database's default
 ```
 
 Both sinks may run at once. Relative paths resolve against the config file's folder.
+``charts = "influxdb"`` needs ``[telemetry.influxdb] url`` (the config loader says so).
 """
 
 from __future__ import annotations
@@ -65,6 +72,24 @@ class InfluxSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: when the spool holds this much, new points are dropped and counted (the spooled ones
     #: are older and replayed first, so the series keeps its order)
     spool_max_mb: PositiveFloat = 512.0
+    #: where the charts send InfluxQL (``/query``) when ``[telemetry] charts = "influxdb"``;
+    #: empty = ``url``
+    query_url: str = ""
+    #: the InfluxQL database the charts read; empty = ``bucket`` (InfluxDB 2.x maps it to the
+    #: bucket through a DBRP mapping)
+    database: str = ""
+    #: the retention policy the charts read; empty = the database's default
+    retention_policy: str = ""
+
+    @property
+    def effective_query_url(self) -> str:
+        """Where InfluxQL queries go: ``query_url``, else ``url``."""
+        return self.query_url or self.url
+
+    @property
+    def effective_database(self) -> str:
+        """The InfluxQL database: ``database``, else ``bucket``."""
+        return self.database or self.bucket
 
 
 class TelemetrySection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -76,5 +101,8 @@ class TelemetrySection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: `courthub worker` processes take telemetry off a shared subscription (scale-out,
     #: docs/DEPLOYMENT.md) — then the hub still tracks health but writes no ``device`` points
     device_points: Literal["hub", "workers"] = "hub"
+    #: what the technician's charts read: the embedded store, or InfluxDB over InfluxQL
+    #: (``[telemetry.influxdb]``; needs its ``url``)
+    charts: Literal["embedded", "influxdb"] = "embedded"
     embedded: EmbeddedSection = msgspec.field(default_factory=EmbeddedSection)
     influxdb: InfluxSection = msgspec.field(default_factory=InfluxSection)

@@ -131,8 +131,16 @@ class SeriesPoint:
     max: float
 
 
+class TelemetryReadError(RuntimeError):
+    """A chart read that failed for a reason outside the caller's control (the InfluxDB server
+    is down, refuses the token, lacks the database). The message says which and is safe to
+    show a technician (no token). The telemetry API answers it with 503."""
+
+
 class TelemetryReader(Protocol):
-    """What the technician's charts read (the embedded store; InfluxDB when configured)."""
+    """What the technician's charts read (the embedded store; InfluxDB when configured:
+    :class:`hub.influx_reader.InfluxQLReader`). Both methods may raise
+    :class:`TelemetryReadError`."""
 
     async def metric_names(self, agent: str, device: str) -> list[str]:
         """The field names stored for one device (``device`` measurement), sorted."""
