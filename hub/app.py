@@ -77,6 +77,7 @@ from hub.hall_kiosks import HallKiosks
 from hub.hall_printer import HallPrinter
 from hub.hearing_record import RecordWriter
 from hub.hearings import HearingService
+from hub.influx_reader import InfluxQLReader
 from hub.influx_sink import InfluxSink
 from hub.live_transcriber import LiveTranscriber
 from hub.live_video import LiveVideo
@@ -87,8 +88,9 @@ from hub.recorder_config import RecorderConfig
 from hub.recording_index import DB_FILE, RecordingIndex
 from hub.retention import RetentionSweeper
 from hub.service import HubService
+from hub.telemetry_config import TelemetrySection
 from hub.telemetry_pipeline import TelemetryPipeline
-from hub.telemetry_points import TelemetrySink
+from hub.telemetry_points import TelemetryReader, TelemetrySink
 from hub.transcript_store import TranscriptStore
 from hub.voice_follow import VoiceFollow, follow_loudest_seats
 from protocol.mqtt_link import BrokerUrl
@@ -114,8 +116,10 @@ class TelemetryParts:
     rules: AlertRuleRunner
     pipeline: TelemetryPipeline
     sinks: list[TelemetrySink]
-    #: the embedded store, which the technician's charts read (None when disabled)
+    #: the embedded store (None when disabled)
     store: EmbeddedStore | None
+    #: what the technician's charts read (``[telemetry] charts``); None: no charts
+    reader: TelemetryReader | None = None
 
 
 @dataclass
@@ -344,7 +348,21 @@ async def _start_telemetry(
     )
     evaluator = asyncio.create_task(rules.run(), name="alert-rules")
     parts.push_async_callback(_cancel, evaluator)
-    return TelemetryParts(alerts, rules, pipeline, sinks, store)
+    return TelemetryParts(
+        alerts, rules, pipeline, sinks, store, _chart_reader(section, store, parts)
+    )
+
+
+def _chart_reader(
+    section: TelemetrySection, store: EmbeddedStore | None, parts: contextlib.AsyncExitStack
+) -> TelemetryReader | None:
+    """The embedded store, or an InfluxQL reader of ``[telemetry.influxdb]`` (closed with
+    ``parts``) when ``charts = "influxdb"``."""
+    if section.charts != "influxdb":
+        return store
+    reader = InfluxQLReader(section.influxdb)
+    parts.push_async_callback(_logged, "influxdb chart reader close", reader.close)
+    return reader
 
 
 def _disk_metrics(storage: Path) -> dict[str, float]:
@@ -588,8 +606,8 @@ def console_app(
                 rules=config.alerts.effective_rules(),
                 evaluate_interval_s=config.alerts.evaluate_interval_s,
             )
-            if telemetry.store is not None:
-                install_telemetry_pages(app, telemetry.store)
+            if telemetry.reader is not None:
+                install_telemetry_pages(app, telemetry.reader)
         install_metrics(
             app,
             service,
