@@ -25,6 +25,7 @@ Wiring (the hub's ``console_app``): add ``*telemetry_api.ROUTES, *pages_telemetr
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,7 +48,7 @@ from dashboards.telemetry_api import (
     venue_name,
 )
 from hub.registry import DeviceRecord
-from hub.telemetry_points import TelemetryReader
+from hub.telemetry_points import TelemetryReader, TelemetryReadError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,16 @@ ALERTS_URL: Final = "/api/v1/alerts"
 def install_telemetry_pages(app: web.Application, reader: TelemetryReader) -> None:
     """Serve the telemetry pages and API on ``app`` from ``reader`` (call in ``setup``)."""
     install_telemetry(app, reader)
+
+
+async def _names(read: Awaitable[list[str]]) -> list[str]:
+    """The metric names ``read`` gives; none when the store fails (InfluxDB down): the page
+    still shows the state timeline and alerts, which come from the hub itself."""
+    try:
+        return await read
+    except TelemetryReadError as exc:
+        log.warning("telemetry page without charts error=%s", exc)
+        return []
 
 
 def _device_json(device: DeviceRecord) -> dict[str, Any]:
@@ -99,7 +110,7 @@ async def device_page(request: web.Request) -> web.Response:
         raise http_error(404, f"no device {agent_id}/{device_id}")
     agent = service.registry.agent(agent_id)
     reader = telemetry_reader(request)
-    metrics = await reader.metric_names(agent_id, device_id) if reader is not None else []
+    metrics = await _names(reader.metric_names(agent_id, device_id)) if reader is not None else []
     config = await _page_config(request, [device], metrics, "device")
     config["base"] = f"/api/v1/telemetry/{agent_id}/{device_id}"
     return request.app[RENDERER_KEY].render(
@@ -127,7 +138,7 @@ async def venue_page(request: web.Request) -> web.Response:
         raise http_error(404, f"no venue {venue}")
     devices = venue_devices(registry, venue)
     reader = telemetry_reader(request)
-    metrics = await venue_metric_names(reader, devices) if reader is not None else []
+    metrics = await _names(venue_metric_names(reader, devices)) if reader is not None else []
     config = await _page_config(request, devices, metrics, "venue")
     config["base"] = f"/api/v1/telemetry/venue/{venue}"
     config["venue"] = venue

@@ -17,7 +17,9 @@ segments ``{state, reason, start_ms, end_ms}`` built from :meth:`HubService.devi
 venue (venue id as the technician page groups devices; ``agent:<id>`` for an agent without one).
 
 A bad ``range`` or ``metric`` is a 400 that says what is allowed, an unknown device or venue a
-404, and without a telemetry store (:data:`TELEMETRY_KEY` unset) the series routes answer 503.
+404, and without a telemetry store (:data:`TELEMETRY_KEY` unset) the series routes answer 503;
+so do they when the store fails a read (:class:`~hub.telemetry_points.TelemetryReadError`: the
+InfluxDB server is down, say), with what failed in ``error``.
 The points come from a :class:`hub.telemetry_points.TelemetryReader` (the embedded SQLite store,
 or InfluxDB when configured); :func:`install_telemetry` puts it on the app.
 """
@@ -25,10 +27,11 @@ or InfluxDB when configured); :func:`install_telemetry` puts it on the app.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -42,7 +45,7 @@ from dashboards.routes import Route
 from dashboards.sessions import http_error
 from hub.registry import DeviceRecord, Registry, StateLogEntry
 from hub.service import HubService
-from hub.telemetry_points import SeriesPoint, TelemetryReader
+from hub.telemetry_points import SeriesPoint, TelemetryReader, TelemetryReadError
 from protocol.messages import now_ms
 
 log = logging.getLogger(__name__)
@@ -140,6 +143,24 @@ def _reader(request: web.Request) -> TelemetryReader:
             content_type="application/json",
         )
     return reader
+
+
+def _answers_503_when_reads_fail(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``handler``, answering a failed telemetry read with 503 and what failed."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except TelemetryReadError as exc:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": f"telemetry store unavailable: {exc}"}),
+                content_type="application/json",
+            ) from None
+
+    return wrapped
 
 
 def _device(request: web.Request) -> DeviceRecord:
@@ -279,6 +300,7 @@ def _json(body: Mapping[str, Any]) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
+@_answers_503_when_reads_fail
 async def device_metrics(request: web.Request) -> web.Response:
     """``GET /api/v1/telemetry/{agent}/{device}/metrics``: the metric names stored."""
     device = _device(request)
@@ -286,6 +308,7 @@ async def device_metrics(request: web.Request) -> web.Response:
     return _json({"agent": device.agent, "device": device.id, "metrics": names})
 
 
+@_answers_503_when_reads_fail
 async def device_series(request: web.Request) -> web.Response:
     """``GET /api/v1/telemetry/{agent}/{device}/series?metric=&range=``: one chart's points."""
     device = _device(request)
@@ -338,6 +361,7 @@ async def device_states(request: web.Request) -> web.Response:
     )
 
 
+@_answers_503_when_reads_fail
 async def venue_metrics(request: web.Request) -> web.Response:
     """``GET /api/v1/telemetry/venue/{venue}/metrics``: every metric a device of it stored."""
     venue, devices = _venue(request)
@@ -345,6 +369,7 @@ async def venue_metrics(request: web.Request) -> web.Response:
     return _json({"venue": venue, "metrics": names})
 
 
+@_answers_503_when_reads_fail
 async def venue_series(request: web.Request) -> web.Response:
     """``GET /api/v1/telemetry/venue/{venue}/series?metric=&range=``: one series per device of
     the venue that stored ``metric`` (an empty list when none did)."""

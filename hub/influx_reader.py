@@ -164,7 +164,7 @@ class InfluxQLReader:
         """The series of one InfluxQL statement's result; TelemetryReadError when it fails."""
         self._reads += 1
         try:
-            return await self._send(q)
+            series = await self._send(q)
         except TelemetryReadError as exc:
             self._failed_reads += 1
             message = str(exc)
@@ -172,6 +172,10 @@ class InfluxQLReader:
                 log.warning("influxdb chart read failed url=%s error=%s", self.query_url, message)
             self._last_error = message
             raise
+        if self._last_error:
+            log.info("influxdb chart reads recovered url=%s", self.query_url)
+            self._last_error = ""
+        return series
 
     async def _send(self, q: str) -> list[dict[str, Any]]:
         params = {"db": self.database, "q": q, "epoch": "ms"}

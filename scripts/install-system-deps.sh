@@ -11,6 +11,8 @@
 #   espeak-ng, sox                speech for the transcription tests, resampled to 16 kHz
 #   victoria-metrics              a real time-series server for the telemetry sink's tests
 #                                 (it accepts InfluxDB's /api/v2/write)
+#   influxdb                      InfluxDB 1.x for the InfluxQL chart reader's tests (they start
+#                                 their own influxd; the packaged service is not wanted)
 set -euo pipefail
 
 # package:probe — the probe is a command, or dpkg:NAME for packages without a command
@@ -27,6 +29,7 @@ WANTED=(
   "fonts-noto-cjk:dpkg:fonts-noto-cjk"
   "espeak-ng:espeak-ng" "sox:sox"
   "victoria-metrics:victoria-metrics"
+  "influxdb:influxd"
 )
 
 present() {
@@ -62,4 +65,8 @@ $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian package starts a system-wide broker on :1883; courthub runs its own, so stop it.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+# Likewise the influxdb package's service on :8086: the tests run their own influxd.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet influxdb 2>/dev/null; then
+  $SUDO systemctl disable --now influxdb >/dev/null 2>&1 || true
 fi
