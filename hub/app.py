@@ -88,6 +88,7 @@ from hub.recorder_config import RecorderConfig
 from hub.recording_index import DB_FILE, RecordingIndex
 from hub.retention import RetentionSweeper
 from hub.service import HubService
+from hub.sink_process import SinkProcess
 from hub.telemetry_config import TelemetrySection
 from hub.telemetry_pipeline import TelemetryPipeline
 from hub.telemetry_points import TelemetryReader, TelemetrySink
@@ -310,17 +311,16 @@ async def _start_telemetry(
 
     alerts = await AlertBoard.open(data_dir, audit=audit, publish=publish)
     parts.push_async_callback(_logged, "alerts close", alerts.close)
-    sinks: list[TelemetrySink] = []
-    store: EmbeddedStore | None = None
-    if section.embedded.enabled:
-        store = await EmbeddedStore.open(section.embedded, data_dir)
-        sinks.append(store)
-    if section.influxdb.url:
-        sinks.append(InfluxSink(section.influxdb, data_dir=data_dir))
+    sinks = _telemetry_sinks(section, data_dir)
     for sink in sinks:
         await sink.start()
         # stopped after the pipeline's listener is gone (exit stack: reverse order)
         parts.push_async_callback(_logged, f"telemetry sink {sink.name} stop", sink.stop)
+    store = next((s for s in sinks if isinstance(s, EmbeddedStore)), None)
+    if store is None and section.embedded.enabled:
+        # the writer is a child process: the charts read telemetry.db beside it
+        store = await EmbeddedStore.open(section.embedded, data_dir, read_only=True)
+        parts.push_async_callback(_logged, "telemetry reader close", store.stop)
     pipeline = TelemetryPipeline(
         service.registry,
         sinks,
@@ -363,6 +363,24 @@ def _chart_reader(
     reader = InfluxQLReader(section.influxdb)
     parts.push_async_callback(_logged, "influxdb chart reader close", reader.close)
     return reader
+
+
+def _telemetry_sinks(section: TelemetrySection, data_dir: Path) -> list[TelemetrySink]:
+    """The configured sinks, each in its own process unless ``sink_processes`` is off."""
+    sinks: list[TelemetrySink] = []
+    if section.embedded.enabled:
+        sinks.append(
+            SinkProcess("embedded", section.embedded, data_dir)
+            if section.sink_processes
+            else EmbeddedStore(section.embedded, data_dir)
+        )
+    if section.influxdb.url:
+        sinks.append(
+            SinkProcess("influxdb", section.influxdb, data_dir)
+            if section.sink_processes
+            else InfluxSink(section.influxdb, data_dir=data_dir)
+        )
+    return sinks
 
 
 def _disk_metrics(storage: Path) -> dict[str, float]:

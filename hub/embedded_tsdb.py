@@ -196,9 +196,12 @@ class EmbeddedStore:
         *,
         clock: Callable[[], float] = time.time,
         prune_interval_s: float = 60.0,
+        read_only: bool = False,
     ) -> None:
-        """Nothing is opened until :meth:`start`."""
+        """Nothing is opened until :meth:`start`. ``read_only``: a chart reader only, beside a
+        writer in another process (:class:`hub.sink_process.SinkProcess`); it must not write."""
         self.section = section
+        self.read_only = read_only
         self.path = data_dir / TELEMETRY_DB
         self._clock = clock
         self._prune_interval_s = prune_interval_s
@@ -239,16 +242,24 @@ class EmbeddedStore:
         *,
         clock: Callable[[], float] = time.time,
         prune_interval_s: float = 60.0,
+        read_only: bool = False,
     ) -> EmbeddedStore:
         """A started store (:meth:`start`)."""
-        store = cls(section, data_dir, clock=clock, prune_interval_s=prune_interval_s)
+        store = cls(
+            section, data_dir, clock=clock, prune_interval_s=prune_interval_s, read_only=read_only
+        )
         await store.start()
         return store
 
     # TelemetrySink ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open (or create) ``telemetry.db`` and start the periodic flush and prune."""
-        if self._wdb is not None:
+        """Open (or create) ``telemetry.db`` and start the periodic flush and prune (read-only:
+        open the existing database for reading)."""
+        if self._rdb is not None:
+            return
+        if self.read_only:
+            self._reader.start()
+            await self._reader.run(self._open_reader_blocking)
             return
         self._writer.start()
         self._reader.start()
@@ -264,6 +275,8 @@ class EmbeddedStore:
 
     def write(self, points: Sequence[Point]) -> None:
         """Queue ``points``; beyond ``max_queue`` waiting points the rest are dropped (counted)."""
+        if self.read_only:
+            raise RuntimeError("a read-only telemetry store was written to")
         room = self.section.max_queue - len(self._queue) - self._in_flight
         if room >= len(points):
             self._queue.extend(points)
@@ -308,6 +321,10 @@ class EmbeddedStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.read_only and self._rdb is not None:
+            await self._reader.run(self._close_reader_blocking)
+            self._reader.stop()
+            return
         if self._wdb is None:
             return
         await self.flush()

@@ -4,6 +4,7 @@
 [telemetry]
 sample_interval_s = 10        # hub internals and device health sampled this often
 charts = "embedded"           # what the technician's charts read: "embedded" or "influxdb"
+sink_processes = true         # each sink writes from its own process (hub/sink_process.py)
 
 [telemetry.embedded]          # SQLite in the hub's data dir (the default; no server needed)
 enabled = true
@@ -101,6 +102,9 @@ class TelemetrySection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: `courthub worker` processes take telemetry off a shared subscription (scale-out,
     #: docs/DEPLOYMENT.md) — then the hub still tracks health but writes no ``device`` points
     device_points: Literal["hub", "workers"] = "hub"
+    #: each sink runs in its own child process (hub/sink_process.py), so storing points does not
+    #: compete with ingest for the hub's interpreter lock; off = in the hub's process
+    sink_processes: bool = True
     #: what the technician's charts read: the embedded store, or InfluxDB over InfluxQL
     #: (``[telemetry.influxdb]``; needs its ``url``)
     charts: Literal["embedded", "influxdb"] = "embedded"
