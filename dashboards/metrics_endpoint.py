@@ -12,6 +12,8 @@ built per app — nothing global, no counters duplicated beside the hub's own):
 | ``store_flush_failures_total``, ``outbox_replayed_total``, |                                    |
 | ``commands_sent_total``, ``commands_expired_total``, …   |                                      |
 | ``agents``/``devices{state}``                            | the registry                         |
+| ``agent_clock_offset_seconds{agent}``, ``agent_clock_steps_total{agent}``, | :class:`hub.clock_skew.ClockSkew` |
+| ``agent_clock_corrected_total{agent}``                   |                                      |
 | ``device_up``, ``device_state{state}``,                  | the registry, one series per device  |
 | ``device_state_code``, ``device_last_seen_seconds``,     | (labels ``agent, device, venue,      |
 | ``device_heartbeat_age_seconds``, ``device_metric{metric}`` | kind``)                           |
@@ -241,6 +243,32 @@ class HubCollector(Collector):
         for state in HealthState:
             devices.add_metric([state.value], float(stats[f"devices_{state.value}"]))
         yield devices
+        yield from self._clock_skew()
+
+    def _clock_skew(self) -> Iterator[Metric]:
+        """Each agent's clock against the hub's (0 while within the skew threshold)."""
+        offset = GaugeMetricFamily(
+            PREFIX + "agent_clock_offset_seconds",
+            "Agent clock minus hub clock, as measured from live messages (0: within threshold)",
+            labels=["agent"],
+        )
+        steps = CounterMetricFamily(
+            PREFIX + "agent_clock_steps",
+            "Clock steps of the agent the hub adopted (away and back)",
+            labels=["agent"],
+        )
+        corrected = CounterMetricFamily(
+            PREFIX + "agent_clock_corrected",
+            "Messages filed on the hub's clock because the agent's clock was off",
+            labels=["agent"],
+        )
+        for agent, figures in sorted(self.sources.service.clock_skew.stats().items()):
+            offset.add_metric([agent], figures["offset_ms"] / 1000)
+            steps.add_metric([agent], float(figures["steps"]))
+            corrected.add_metric([agent], float(figures["corrected"]))
+        yield offset
+        yield steps
+        yield corrected
 
     # per device ----------------------------------------------------------------------------------
     def _devices(self) -> Iterator[Metric]:

@@ -68,6 +68,7 @@ from hub.audio_recorder import AudioRecorder
 from hub.audit import AuditLog
 from hub.broker import OwnedBroker, owned_broker
 from hub.case_lookup import CaseDirectory
+from hub.clock_skew import SkewAlerter
 from hub.config import HubConfig
 from hub.credentials import MQTT_DIR, Credentials
 from hub.downtime_gaps import DowntimeGaps
@@ -216,6 +217,8 @@ async def run_hub(
         parts.push_async_callback(_logged, "queue close", queue.close)
         kiosks = _start_hall_bridges(config, service, queue, parts)
         telemetry = await _start_telemetry(config, service, audit, parts)
+        # an agent's clock off by more than 2 s: clock-skew:<agent> for the technicians
+        parts.callback(service.clock_skew.add_listener(SkewAlerter(telemetry.alerts)))
         video = await _start_video(config, service, audit, telemetry.alerts, parts)
         kiosks.case_lookup = CaseDirectory(
             video.hearings.all, _venue_namer(service), config.hub.timezone, time.time

@@ -12,6 +12,10 @@
 | cmd/result   | command router                                                           |
 | audio        | health (liveness), listeners                                             |
 
+Live messages' timestamps also feed :class:`hub.clock_skew.ClockSkew` (the agent's clock against
+the hub's): telemetry, events and audio frames of an agent whose clock is confirmed off are
+handed on with the offset taken out, so everything downstream files them on the hub's clock.
+
 A sweeper task marks devices stale and declares unfilled seq gaps lost (then asks the agent for
 a rebirth); the write-behind flusher persists the registry about once a second.
 """
@@ -20,12 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from hub.bad_messages import BadMessageCounter
+from hub.clock_skew import ClockSkew
 from hub.commands import CommandOutcome, CommandRouter
 from hub.config import HubConfig
 from hub.health import HealthMonitor
@@ -101,6 +109,7 @@ class HubService:
             min_interval_s=health.rebirth_min_interval_s,
         )
         self.commands = CommandRouter(self.registry, self.ingest.publish_acked)
+        self.clock_skew = ClockSkew()
         self.historical_in = 0
         self.unknown_agent_messages = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -258,7 +267,7 @@ class HubService:
         if isinstance(item, Rejected):
             self._count_bad(item)
             return
-        msg = item.msg
+        msg = self._on_hub_clock(item)
         match item.kind:
             case TopicKind.BIRTH:
                 assert isinstance(msg, Birth)
@@ -280,6 +289,30 @@ class HubService:
                 assert isinstance(msg, AudioFrame) and item.device is not None
                 self.health.on_live(item.agent, item.device)
                 self.registry.notify(AudioReceived(item.agent, item.device, msg))
+
+    def _on_hub_clock(self, item: Inbound) -> Any:
+        """Measure the agent's clock on a live message; return the message with its timestamp
+        on the hub's clock (unchanged unless the agent's clock is confirmed off)."""
+        msg = item.msg
+        if item.retained:
+            return msg  # stamped whenever it was published, maybe hours ago
+        received_ms = int(time.time() * 1000)
+        if isinstance(msg, AudioFrame):
+            ts_ms = msg.capture_ts_us // 1000
+            filed = self.clock_skew.observe(item.agent, ts_ms, received_ms)
+            if filed == ts_ms:
+                return msg
+            return dataclasses.replace(
+                msg, capture_ts_us=msg.capture_ts_us + (filed - ts_ms) * 1000
+            )
+        if isinstance(msg, Telemetry | Event):
+            if msg.historical:
+                return msg  # an outbox replay: stamped at an unknown earlier time
+            filed = self.clock_skew.observe(item.agent, msg.ts, received_ms)
+            return msg if filed == msg.ts else msgspec.structs.replace(msg, ts=filed)
+        if isinstance(msg, Birth | DeviceState | CommandResult) and msg.ts > 0:
+            self.clock_skew.observe(item.agent, msg.ts, received_ms)  # measured, not refiled
+        return msg
 
     def _count_bad(self, item: Rejected) -> None:
         device = self.registry.device(item.agent, item.device)
@@ -330,9 +363,16 @@ class HubService:
             if agent is not None and agent.bdseq >= 0:
                 self.rebirths.request(agent_id, f"data from unknown device {device_id}")
             return
-        if isinstance(msg, Telemetry) and msg.ts >= device.metrics_ts:
+        if isinstance(msg, Telemetry) and (
+            msg.ts >= device.metrics_ts or device.metrics_ts > self._trusted_until_ms()
+        ):
             device.metrics.update(msg.metrics)
             device.metrics_ts = msg.ts
+
+    def _trusted_until_ms(self) -> int:
+        """Latest believable last-values time: one stamped further ahead of the hub's clock (by
+        an agent whose clock was ahead) must not freeze a device's live values until then."""
+        return int(time.time() * 1000) + self.clock_skew.threshold_ms
 
     def _on_lost(self, lost: LostRange, *, rebirth: bool) -> None:
         if rebirth:

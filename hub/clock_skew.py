@@ -1,0 +1,247 @@
+"""Edge agents' clock skew: measured from their live messages, alerted on, and taken out of the
+timestamps the hub files.
+
+Agents stamp everything with their own wall clock (telemetry and event ``ts``, audio frames'
+capture time, births). An NTP step or a badly set BIOS clock on a venue PC moves that clock by
+seconds to hours while the hub's clock is right. :class:`ClockSkew` compares each live message's
+timestamp with the hub's receive time:
+
+- **Measuring.** ``sample = ts - received``. Transit never runs backwards, so a sample is the
+  agent's offset minus the message's delay: the *largest* recent sample is the best estimate
+  (NTP's minimum-delay filter), and a sample far *ahead* of the hub can only be a clock ahead.
+- **Steps.** The current offset (0 for a healthy agent) stands while samples agree with it to
+  within ``threshold_ms`` (2 s). Samples that disagree form a candidate offset; it is adopted
+  after ``confirm_messages`` samples when it lies *ahead* of the current one (a forward step:
+  no delay explains it), and only after also ``confirm_behind_s`` of hub time when it lies
+  *behind* (a clock stepped back looks like a backlog of late messages at first: the hub's own
+  restart replaying the broker's queue must not be taken for skew). An offset within the
+  threshold is snapped to exactly 0, so a healthy agent's timestamps are never touched.
+- **Alert.** While an agent's offset is non-zero the board shows ``clock-skew:<agent>`` with
+  the measured offset; it resolves when the clock is back. :meth:`ClockSkew.stats` feeds
+  ``/metrics`` (``courthub_agent_clock_offset_seconds{agent}``, steps counted per agent).
+- **Filing.** :meth:`ClockSkew.observe` returns the timestamp to file the message under: the
+  agent's own when it agrees with offset 0, else ``ts - offset`` when it agrees with the
+  measured offset. A sample that agrees with neither (the few messages between a step and its
+  confirmation, or a late message during a skew) keeps the agent's timestamp: the hub does not
+  guess. Outbox replays (``historical``) and retained messages are neither measured nor
+  corrected: they were stamped at an unknown earlier time.
+
+Pure bookkeeping on the event loop: no I/O. Offset changes go to listeners (sync, on the loop);
+:class:`SkewAlerter` turns them into alert-board tasks, so the ingest path never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+log = logging.getLogger(__name__)
+
+#: Skew below this is clock noise plus transit: not reported, not corrected.
+DEFAULT_THRESHOLD_MS: Final = 2_000
+#: Disagreeing samples needed before a step is believed.
+DEFAULT_CONFIRM_MESSAGES: Final = 3
+#: A step backwards must also persist this long (late messages look the same at first).
+DEFAULT_CONFIRM_BEHIND_S: Final = 10.0
+
+#: ``on_change(agent, offset_ms)``: offset 0 means the clock is back.
+SkewListener = Callable[[str, int], None]
+
+
+@dataclass
+class _Candidate:
+    """Samples that disagree with the current offset and agree with each other."""
+
+    best_ms: int  # largest sample (least delayed)
+    first_received_ms: int
+    count: int = 1
+
+
+@dataclass
+class AgentSkew:
+    """One agent's clock as the hub sees it."""
+
+    agent: str
+    #: adopted offset (agent clock - hub clock), 0 for a healthy agent
+    offset_ms: int = 0
+    #: the largest sample of the current offset's epoch (its estimate; refines ``offset_ms``)
+    last_sample_ms: int = 0
+    samples: int = 0
+    #: steps adopted (away and back both count)
+    steps: int = 0
+    #: messages filed with a corrected timestamp
+    corrected: int = 0
+    #: messages whose timestamp agreed with no known offset (kept as the agent sent it)
+    unexplained: int = 0
+    candidate: _Candidate | None = field(default=None, repr=False)
+
+
+class ClockSkew:
+    """Per-agent clock offsets from live message timestamps (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        threshold_ms: int = DEFAULT_THRESHOLD_MS,
+        confirm_messages: int = DEFAULT_CONFIRM_MESSAGES,
+        confirm_behind_s: float = DEFAULT_CONFIRM_BEHIND_S,
+    ) -> None:
+        if threshold_ms <= 0 or confirm_messages < 1 or confirm_behind_s < 0:
+            raise ValueError("threshold_ms > 0, confirm_messages >= 1, confirm_behind_s >= 0")
+        self.threshold_ms = threshold_ms
+        self.confirm_messages = confirm_messages
+        self.confirm_behind_ms = int(confirm_behind_s * 1000)
+        self._agents: dict[str, AgentSkew] = {}
+        self._listeners: list[SkewListener] = []
+
+    def add_listener(self, fn: SkewListener) -> Callable[[], None]:
+        """Hear every adopted offset change (called on the loop, from :meth:`observe`)."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    def offset_ms(self, agent: str) -> int:
+        """The agent's adopted clock offset (0 when healthy or unknown)."""
+        state = self._agents.get(agent)
+        return state.offset_ms if state is not None else 0
+
+    def agents(self) -> list[AgentSkew]:
+        """Every agent measured so far."""
+        return list(self._agents.values())
+
+    def skewed(self) -> dict[str, int]:
+        """Agents whose clock is off now: agent → offset ms."""
+        return {a.agent: a.offset_ms for a in self._agents.values() if a.offset_ms}
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per agent: ``offset_ms``, ``steps``, ``corrected``, ``unexplained``, ``samples``."""
+        return {
+            a.agent: {
+                "offset_ms": a.offset_ms,
+                "steps": a.steps,
+                "corrected": a.corrected,
+                "unexplained": a.unexplained,
+                "samples": a.samples,
+            }
+            for a in self._agents.values()
+        }
+
+    def observe(self, agent: str, ts_ms: int, received_ms: int) -> int:
+        """Measure one live message stamped ``ts_ms`` that arrived at ``received_ms`` (hub
+        clock); return the timestamp to file it under."""
+        state = self._agents.get(agent)
+        if state is None:
+            state = self._agents[agent] = AgentSkew(agent)
+        sample = ts_ms - received_ms
+        state.samples += 1
+        if abs(sample - state.offset_ms) <= self.threshold_ms:
+            state.candidate = None
+            if state.offset_ms:
+                if sample > state.last_sample_ms:
+                    state.last_sample_ms = sample  # less delayed: a better estimate
+                    state.offset_ms = sample
+                state.corrected += 1
+                return ts_ms - state.offset_ms
+            return ts_ms
+        self._disagree(state, sample, received_ms)
+        if state.offset_ms and abs(sample - state.offset_ms) <= self.threshold_ms:
+            state.corrected += 1  # the step was adopted with this very message
+            return ts_ms - state.offset_ms
+        if not state.offset_ms and abs(sample) <= self.threshold_ms:
+            return ts_ms  # just came back
+        state.unexplained += 1
+        return ts_ms
+
+    def _disagree(self, state: AgentSkew, sample: int, received_ms: int) -> None:
+        cand = state.candidate
+        if cand is None or abs(sample - cand.best_ms) > self.threshold_ms:
+            cand = state.candidate = _Candidate(sample, received_ms)
+        else:
+            cand.count += 1
+            cand.best_ms = max(cand.best_ms, sample)
+        if cand.count < self.confirm_messages:
+            return
+        behind = cand.best_ms < state.offset_ms
+        if behind and received_ms - cand.first_received_ms < self.confirm_behind_ms:
+            return
+        offset = 0 if abs(cand.best_ms) <= self.threshold_ms else cand.best_ms
+        previous = state.offset_ms
+        state.offset_ms = offset
+        state.last_sample_ms = cand.best_ms
+        state.candidate = None
+        state.steps += 1
+        log.warning(
+            "agent clock step agent=%s offset_ms=%d previous_ms=%d", state.agent, offset, previous
+        )
+        for fn in list(self._listeners):
+            try:
+                fn(state.agent, offset)
+            except Exception:  # a listener's bug must not break ingest
+                log.exception("clock skew listener failed agent=%s", state.agent)
+
+
+def describe_offset(offset_ms: int) -> str:
+    """``+1 h 0 min 0.0 s ahead`` / ``5.0 s behind``: how far an agent's clock is off."""
+    ahead = offset_ms > 0
+    rest = abs(offset_ms) / 1000
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{int(hours)} h"] if hours else []
+    parts += [f"{int(minutes)} min"] if hours or minutes else []
+    parts.append(f"{seconds:.1f} s")
+    return f"{' '.join(parts)} {'ahead' if ahead else 'behind'}"
+
+
+class SkewAlerts(Protocol):
+    """What :class:`SkewAlerter` needs of :class:`hub.alerts.AlertBoard`."""
+
+    async def raise_alert(self, key: str, message: str, *, source: str) -> object:
+        """Raise ``key`` or update its message."""
+
+    async def clear(self, key: str) -> object:
+        """Resolve ``key``."""
+
+
+def alert_key(agent: str) -> str:
+    """The alert board key of an agent's clock skew."""
+    return f"clock-skew:{agent}"
+
+
+class SkewAlerter:
+    """Listener of :class:`ClockSkew`: raises ``clock-skew:<agent>`` with the measured offset
+    while it is non-zero, resolves it when the clock is back (alert-board calls run as tasks,
+    in order per agent)."""
+
+    def __init__(self, board: SkewAlerts) -> None:
+        self.board = board
+        self._chains: dict[str, asyncio.Task[None]] = {}
+
+    def __call__(self, agent: str, offset_ms: int) -> None:
+        previous = self._chains.get(agent)
+        self._chains[agent] = asyncio.get_running_loop().create_task(
+            self._apply(previous, agent, offset_ms), name=f"clock-skew-{agent}"
+        )
+
+    async def _apply(self, previous: asyncio.Task[None] | None, agent: str, offset: int) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # a raise and its clear must not swap places
+        try:
+            if offset == 0:
+                await self.board.clear(alert_key(agent))
+                return
+            text = describe_offset(offset)
+            message = (
+                f"边缘主机时钟偏差 {agent}: {text} / agent clock off: {text} "
+                f"(offset {offset} ms); check NTP/chrony on the venue PC"
+            )
+            await self.board.raise_alert(alert_key(agent), message, source="clock-skew")
+        except Exception:
+            log.exception("clock skew alert not updated agent=%s", agent)
+
+    async def drain(self) -> None:
+        """Wait for the alert updates in flight (tests, shutdown)."""
+        tasks = list(self._chains.values())
+        if tasks:
+            await asyncio.wait(tasks)
