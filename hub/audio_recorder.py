@@ -20,6 +20,13 @@ closes the WAV and the next frame starts a new one, so sample *i* of every file 
 ``start_ms + i / rate`` exactly, and the gap record says what is missing. Frames the hub itself
 drops (the writer queue is full: disk stalled) are recorded as gaps the same way.
 
+**Never before what is already recorded.** A device's new file (after a gap or a restart of
+its stream) starts at its first frame's capture time, but never before the end of that device's
+previous file: the same microphone cannot have captured two stretches at once, so a capture time
+that says so comes from an agent clock stepped back (before the hub's :mod:`hub.clock_skew`
+confirmed the step) and the file is placed right after the previous one (``clamped_starts``).
+Frames arrive with the agent's measured clock offset already taken out (:class:`HubService`).
+
 **Crash tolerance.** The writer flushes after every batch of frames. After a kill -9 the open
 file's RIFF header still says 0 bytes of data: at the next :meth:`AudioRecorder.start`, every
 WAV left in a track's ``.incoming/`` is *repaired* — its RIFF and data sizes are set from the
@@ -324,6 +331,7 @@ class AudioRecorder:
             "segments_indexed": self.segments_indexed,
             "index_failures": self.index_failures,
             "write_errors": self._writer.write_errors,
+            "clamped_starts": self._writer.clamped_starts,
             "listener_errors": self.listener_errors,
             "by_device": {m.name: vars(m.stats).copy() for m in self._mics.values()},
         }
@@ -565,6 +573,10 @@ class _WavWriter:
         self.pcm_hook_errors = 0
         self._groups: dict[tuple[str, str], _Group] = {}
         self._continue_at: dict[tuple[str, str], int] = {}
+        #: where each device's last closed file ended (a new file never starts before it)
+        self._ended_at: dict[tuple[str, str], int] = {}
+        #: new files moved after their device's previous end (an agent clock stepped back)
+        self.clamped_starts = 0
         self._meters: dict[str, _LevelMeter] = {}
         self._levels: dict[str, tuple[float, float]] = {}
         self._levels_lock = threading.Lock()
@@ -616,6 +628,17 @@ class _WavWriter:
                 start = self._continue_at.pop(key, None)  # just after a cut: continuous
                 if start is None:
                     start = frame.capture_ts_us + done * 1_000_000 // frame.sample_rate
+                    ended = self._ended_at.get(key)
+                    if ended is not None and start < ended:
+                        self.clamped_starts += 1
+                        log.warning(
+                            "audio capture time before the previous file's end device=%s/%s "
+                            "behind_ms=%d (agent clock stepped back?): placed after it",
+                            mic.agent,
+                            mic.device,
+                            (ended - start) // 1000,
+                        )
+                        start = ended
                 group = self._open(mic, frame, start)
             if frame_us is None:
                 frame_us = group.time_at(group.samples)
@@ -714,6 +737,7 @@ class _WavWriter:
         closed: list[AudioSegment] = []
         start_ms = group.start_us // 1000
         end_ms = max(start_ms, group.time_at(group.samples) // 1000)
+        self._ended_at[key] = max(self._ended_at.get(key, 0), group.time_at(group.samples))
         for seat_file in group.files:
             try:
                 seat_file.wav.close()  # patches the RIFF sizes

@@ -183,15 +183,14 @@ class ClockSkew:
 
 
 def describe_offset(offset_ms: int) -> str:
-    """``+1 h 0 min 0.0 s ahead`` / ``5.0 s behind``: how far an agent's clock is off."""
-    ahead = offset_ms > 0
-    rest = abs(offset_ms) / 1000
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [f"{int(hours)} h"] if hours else []
-    parts += [f"{int(minutes)} min"] if hours or minutes else []
-    parts.append(f"{seconds:.1f} s")
-    return f"{' '.join(parts)} {'ahead' if ahead else 'behind'}"
+    """``1 h 0 min 0.0 s ahead`` / ``5.0 s behind``: how far an agent's clock is off."""
+    tenths = (abs(offset_ms) + 50) // 100  # rounded once, so 3599985 ms is 1 h, not 59 min 60 s
+    hours, tenths = divmod(tenths, 36_000)
+    minutes, tenths = divmod(tenths, 600)
+    parts = [f"{hours} h"] if hours else []
+    parts += [f"{minutes} min"] if hours or minutes else []
+    parts.append(f"{tenths // 10}.{tenths % 10} s")
+    return f"{' '.join(parts)} {'ahead' if offset_ms > 0 else 'behind'}"
 
 
 class SkewAlerts(Protocol):

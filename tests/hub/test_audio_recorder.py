@@ -4,6 +4,7 @@ gap records, the evidence chain, crash recovery, live levels. Real SQLite index,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import struct
 import wave
@@ -435,3 +436,39 @@ async def test_other_changes_and_unknown_devices_are_ignored_and_nothing_raises(
     assert rec.listener_errors == 0
     assert len(await index.segments(camera=TRACKS[0])) == 1
     assert await index.segments(camera=TRACKS[2]) == []
+
+
+async def test_a_clock_stepped_back_never_files_audio_before_what_is_recorded(
+    make: Make, index: RecordingIndex, tmp_path: Path
+) -> None:
+    """Frames lost while the agent's clock steps back an hour (before the hub confirmed the
+    skew): the file after the hole starts where the previous one ended, not an hour earlier
+    on top of it."""
+    clock = Clock()
+    rec = make(clock=clock)
+    await rec.start()
+    pcm = channels(1.0)
+    frames = frames_of(pcm)
+    hour_us = 3_600_000_000
+    stepped = [dataclasses.replace(f, capture_ts_us=f.capture_ts_us - hour_us) for f in frames[25:]]
+    feed(rec, frames[:20])
+    feed(rec, stepped)  # seq 20–24 never arrive
+    clock.now += 0.5
+
+    async def gaps_recorded() -> bool:
+        return len(await index.gaps()) == len(TRACKS)
+
+    async with asyncio.timeout(5):
+        while not await gaps_recorded():
+            await asyncio.sleep(0.02)
+    await rec.stop()
+    assert rec.summary()["clamped_starts"] == 1
+    for ch, track in enumerate(TRACKS):
+        segs = await index.segments(camera=track)
+        assert [(s.start_ms - T0_US // 1000, s.frames) for s in segs] == [
+            (0, 20 * SPF),
+            (400, 25 * SPF),
+        ]
+        after = read_wav(index.storage_root / segs[1].path)
+        np.testing.assert_array_equal(after, pcm[25 * SPF :, ch])
+    assert verify_recordings(tmp_path / DB_FILE, index.storage_root).ok

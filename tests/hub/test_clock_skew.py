@@ -1,0 +1,144 @@
+"""hub/clock_skew.py: an agent's clock measured from its live messages on a fake hub clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hub.alerts import AlertBoard
+from hub.clock_skew import ClockSkew, SkewAlerter, alert_key, describe_offset
+
+HOUR = 3_600_000
+T0 = 1_796_000_000_000  # hub clock, ms
+
+
+class Agent:
+    """An agent sending one message every ``every_ms`` (hub clock) with its clock ``offset_ms``
+    off and ``delay_ms`` of transit; ``send`` returns the timestamp the hub files."""
+
+    def __init__(self, skew: ClockSkew, name: str = "court-1", every_ms: int = 1000) -> None:
+        self.skew = skew
+        self.name = name
+        self.every_ms = every_ms
+        self.now = T0
+        self.offset_ms = 0
+        self.delay_ms = 15
+
+    def send(self) -> tuple[int, int]:
+        """(timestamp the agent stamped, timestamp the hub files)."""
+        self.now += self.every_ms
+        stamped = self.now - self.delay_ms + self.offset_ms
+        return stamped, self.skew.observe(self.name, stamped, self.now)
+
+    def run(self, n: int) -> list[tuple[int, int]]:
+        return [self.send() for _ in range(n)]
+
+
+def test_a_healthy_agent_is_never_touched() -> None:
+    skew = ClockSkew()
+    agent = Agent(skew)
+    for delay in (5, 900, 1900, 40):  # jitter up to the threshold
+        agent.delay_ms = delay
+        assert all(stamped == filed for stamped, filed in agent.run(20))
+    assert skew.skewed() == {}
+    assert skew.offset_ms("court-1") == 0
+
+
+def test_forward_step_is_adopted_after_a_few_messages_and_filed_on_the_hub_clock() -> None:
+    skew = ClockSkew(confirm_messages=3)
+    agent = Agent(skew)
+    agent.run(5)
+    agent.offset_ms = HOUR
+    sent = agent.run(10)
+    # the first two are kept as stamped (not confirmed yet), the rest filed on the hub's clock
+    assert [f for s, f in sent[:2]] == [s for s, f in sent[:2]]
+    for stamped, filed in sent[2:]:
+        assert abs(filed - (stamped - HOUR)) <= 20  # the offset is measured, delay included
+    assert abs(skew.offset_ms("court-1") - HOUR) <= 20
+    assert skew.stats()["court-1"]["steps"] == 1
+
+
+def test_backward_step_needs_time_as_well_as_messages() -> None:
+    skew = ClockSkew(confirm_messages=3, confirm_behind_s=10)
+    agent = Agent(skew)
+    agent.run(3)
+    agent.offset_ms = -5_000
+    agent.run(9)  # 9 s of messages: could still be a backlog
+    assert skew.offset_ms("court-1") == 0
+    stamped, filed = agent.run(3)[-1]
+    assert abs(skew.offset_ms("court-1") + 5_000) <= 20
+    assert abs(filed - (stamped + 5_000)) <= 20
+
+
+def test_a_backlog_of_late_messages_is_not_skew() -> None:
+    """The hub restarting: the broker delivers 8 s of queued messages late, then live ones."""
+    skew = ClockSkew()
+    agent = Agent(skew, every_ms=10)
+    agent.run(10)
+    agent.delay_ms = 8_000
+    for _ in range(300):  # 3 s of draining a backlog, every message 8 s late
+        stamped, filed = agent.send()
+        agent.delay_ms = max(15, agent.delay_ms - 25)
+        assert filed == stamped
+    agent.run(100)
+    assert skew.skewed() == {}
+
+
+def test_clock_back_resolves_and_stops_correcting() -> None:
+    skew = ClockSkew(confirm_behind_s=10)
+    agent = Agent(skew)
+    agent.run(3)
+    agent.offset_ms = HOUR
+    agent.run(5)
+    agent.offset_ms = 0
+    # until the return is confirmed, messages that agree with the hub's clock are kept as sent
+    for stamped, filed in agent.run(12):
+        assert filed == stamped
+    assert skew.offset_ms("court-1") == 0
+    assert skew.stats()["court-1"]["steps"] == 2
+    assert all(s == f for s, f in agent.run(5))
+
+
+def test_each_agent_has_its_own_clock() -> None:
+    skew = ClockSkew()
+    court, hall = Agent(skew, "court-1"), Agent(skew, "hall-1")
+    court.offset_ms = HOUR
+    court.run(5)
+    hall.run(5)
+    assert set(skew.skewed()) == {"court-1"}
+
+
+@pytest.mark.parametrize(
+    ("offset", "text"),
+    [
+        (HOUR, "1 h 0 min 0.0 s ahead"),
+        (HOUR - 15, "1 h 0 min 0.0 s ahead"),
+        (-5_000, "5.0 s behind"),
+        (-61_500, "1 min 1.5 s behind"),
+    ],
+)
+def test_describe_offset(offset: int, text: str) -> None:
+    assert describe_offset(offset) == text
+
+
+async def test_alert_raised_with_the_offset_and_resolved(tmp_path: Path) -> None:
+    board = await AlertBoard.open(tmp_path)
+    try:
+        skew = ClockSkew(confirm_behind_s=10)
+        alerter = SkewAlerter(board)
+        skew.add_listener(alerter)
+        agent = Agent(skew)
+        agent.offset_ms = HOUR
+        agent.run(5)
+        await alerter.drain()
+        [alert] = board.active()
+        assert alert.key == alert_key("court-1") == "clock-skew:court-1"
+        assert "1 h 0 min" in alert.message and "ahead" in alert.message
+        agent.offset_ms = 0
+        agent.run(15)
+        await alerter.drain()
+        assert board.active() == []
+        assert not board.is_active("clock-skew:court-1")
+    finally:
+        await board.close()
