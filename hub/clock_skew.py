@@ -10,21 +10,25 @@ timestamp with the hub's receive time:
   agent's offset minus the message's delay: the *largest* recent sample is the best estimate
   (NTP's minimum-delay filter), and a sample far *ahead* of the hub can only be a clock ahead.
 - **Steps.** The current offset (0 for a healthy agent) stands while samples agree with it to
-  within ``threshold_ms`` (2 s). Samples that disagree form a candidate offset; it is adopted
-  after ``confirm_messages`` samples when it lies *ahead* of the current one (a forward step:
-  no delay explains it), and only after also ``confirm_behind_s`` of hub time when it lies
-  *behind* (a clock stepped back looks like a backlog of late messages at first: the hub's own
-  restart replaying the broker's queue must not be taken for skew). An offset within the
-  threshold is snapped to exactly 0, so a healthy agent's timestamps are never touched.
+  within ``threshold_ms`` (2 s). Samples that disagree form a candidate offset, adopted after
+  ``confirm_messages`` samples when it is *unambiguous*: ahead of the current offset (no delay
+  explains a timestamp from the future), or behind it with the agent's timestamps having gone
+  *backwards* (an agent's live messages arrive in order, so a backlog never does that: its
+  clock was stepped back). A candidate behind without that proof (an agent first heard with
+  its clock already behind) must also persist ``confirm_behind_s``: the hub's own restart
+  replaying the broker's queue looks the same at first. An offset within the threshold is
+  snapped to exactly 0, so a healthy agent's timestamps are never touched.
 - **Alert.** While an agent's offset is non-zero the board shows ``clock-skew:<agent>`` with
   the measured offset; it resolves when the clock is back. :meth:`ClockSkew.stats` feeds
   ``/metrics`` (``courthub_agent_clock_offset_seconds{agent}``, steps counted per agent).
 - **Filing.** :meth:`ClockSkew.observe` returns the timestamp to file the message under: the
   agent's own when it agrees with offset 0, else ``ts - offset`` when it agrees with the
-  measured offset. A sample that agrees with neither (the few messages between a step and its
-  confirmation, or a late message during a skew) keeps the agent's timestamp: the hub does not
-  guess. Outbox replays (``historical``) and retained messages are neither measured nor
-  corrected: they were stamped at an unknown earlier time.
+  measured offset. Between a step and its confirmation, a message stamped *ahead* of the hub's
+  clock, or stamped behind it *before* the agent's previous message, is filed at its receive
+  time (the closest the hub knows; its own stamp would land an hour ahead, or on top of points
+  already stored); a message merely behind keeps the agent's timestamp (it may just be late:
+  the hub does not guess). Outbox replays (``historical``) and retained messages are neither
+  measured nor corrected: they were stamped at an unknown earlier time.
 
 Pure bookkeeping on the event loop: no I/O. Offset changes go to listeners (sync, on the loop);
 :class:`SkewAlerter` turns them into alert-board tasks, so the ingest path never waits.
@@ -58,6 +62,8 @@ class _Candidate:
     best_ms: int  # largest sample (least delayed)
     first_received_ms: int
     count: int = 1
+    #: the agent's timestamps went backwards: a clock stepped back, not a backlog
+    went_back: bool = False
 
 
 @dataclass
@@ -76,6 +82,8 @@ class AgentSkew:
     corrected: int = 0
     #: messages whose timestamp agreed with no known offset (kept as the agent sent it)
     unexplained: int = 0
+    #: the agent's latest live timestamp so far (its own clock)
+    last_ts_ms: int | None = None
     candidate: _Candidate | None = field(default=None, repr=False)
 
 
@@ -135,6 +143,8 @@ class ClockSkew:
         if state is None:
             state = self._agents[agent] = AgentSkew(agent)
         sample = ts_ms - received_ms
+        went_back = state.last_ts_ms is not None and ts_ms < state.last_ts_ms - self.threshold_ms
+        state.last_ts_ms = max(ts_ms, state.last_ts_ms or ts_ms)
         state.samples += 1
         if abs(sample - state.offset_ms) <= self.threshold_ms:
             state.candidate = None
@@ -145,26 +155,34 @@ class ClockSkew:
                 state.corrected += 1
                 return ts_ms - state.offset_ms
             return ts_ms
-        self._disagree(state, sample, received_ms)
+        self._disagree(state, sample, received_ms, went_back)
         if state.offset_ms and abs(sample - state.offset_ms) <= self.threshold_ms:
             state.corrected += 1  # the step was adopted with this very message
             return ts_ms - state.offset_ms
-        if not state.offset_ms and abs(sample) <= self.threshold_ms:
-            return ts_ms  # just came back
+        if abs(sample) <= self.threshold_ms:
+            return ts_ms  # agrees with the hub's clock: a clock coming back, or a late message
+        candidate = state.candidate
+        if sample > self.threshold_ms or (candidate is not None and candidate.went_back):
+            # ahead of the hub (no delay explains that) or stepped back (not confirmed yet):
+            # the receive time is the closest the hub knows; the agent's stamp would file it an
+            # hour ahead, or on top of what is stored already
+            state.corrected += 1
+            return received_ms
         state.unexplained += 1
         return ts_ms
 
-    def _disagree(self, state: AgentSkew, sample: int, received_ms: int) -> None:
+    def _disagree(self, state: AgentSkew, sample: int, received_ms: int, went_back: bool) -> None:
         cand = state.candidate
         if cand is None or abs(sample - cand.best_ms) > self.threshold_ms:
-            cand = state.candidate = _Candidate(sample, received_ms)
+            cand = state.candidate = _Candidate(sample, received_ms, went_back=went_back)
         else:
             cand.count += 1
             cand.best_ms = max(cand.best_ms, sample)
         if cand.count < self.confirm_messages:
             return
         behind = cand.best_ms < state.offset_ms
-        if behind and received_ms - cand.first_received_ms < self.confirm_behind_ms:
+        proven = not behind or cand.went_back
+        if not proven and received_ms - cand.first_received_ms < self.confirm_behind_ms:
             return
         offset = 0 if abs(cand.best_ms) <= self.threshold_ms else cand.best_ms
         previous = state.offset_ms

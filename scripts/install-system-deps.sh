@@ -11,6 +11,7 @@
 #   espeak-ng, sox                speech for the transcription tests, resampled to 16 kHz
 #   victoria-metrics              a real time-series server for the telemetry sink's tests
 #                                 (it accepts InfluxDB's /api/v2/write)
+#   faketime (libfaketime)        the chaos suite's clock jump: an agent whose wall clock steps
 #   influxdb                      InfluxDB 1.x for the InfluxQL chart reader's tests (they start
 #                                 their own influxd; the packaged service is not wanted)
 set -euo pipefail
@@ -30,6 +31,7 @@ WANTED=(
   "espeak-ng:espeak-ng" "sox:sox"
   "victoria-metrics:victoria-metrics"
   "influxdb:influxd"
+  "faketime:faketime"
 )
 
 present() {

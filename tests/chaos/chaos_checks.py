@@ -7,9 +7,11 @@ Each check looks at the court the way its users would and returns a :class:`Chec
 - ``tickets``: every ticket a kiosk received is in the hub's queue with the same number, no
   request got two numbers, no request was abandoned, nothing is still unanswered;
 - ``telemetry``: every telemetry message the agents put on the broker (seen by the monitor, up
-  to a cut-off) is stored exactly once in VictoriaMetrics and in the embedded SQLite store;
-- ``recordings``: ``courthub verify`` passes, and every hole between a camera's or seat
-  track's segments is covered by a gap record;
+  to a cut-off) is stored exactly once in VictoriaMetrics and in the embedded SQLite store, and
+  none is filed in the future (an agent clock ahead must not put points an hour ahead);
+- ``recordings``: ``courthub verify`` passes, every hole between a camera's or seat
+  track's segments is covered by a gap record, and no segment starts in the future or on top of
+  the previous one of its track (an agent clock stepped back);
 - ``transcript``: no final segment that was stored disappears, finals keep coming, and no
   speaking seat has a hole in its finals that no audio gap explains (only with Vosk);
 - ``audit``: ``courthub audit verify`` passes;
@@ -36,12 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_court import REPO, ChaosCourt
+from chaos_court import REPO, ChaosCourt, SentTelemetry
 
 from device_drivers.kiosk_messages import TicketRequest
 
 #: a hole between segments shorter than this is frame spacing, not a gap
 VIDEO_HOLE_TOLERANCE_MS = 1500
+#: a point or segment stamped further ahead of the hub's clock is filed in the future
+FUTURE_TOLERANCE_MS = 60_000
+#: segments of one track overlapping by more than this were filed on top of each other
+OVERLAP_TOLERANCE_MS = 100
+#: how close a skewed agent's point must be filed to its stamp minus the clock offset
+SKEW_MATCH_MS = 400
 
 
 @dataclass
@@ -197,8 +205,8 @@ async def check_tickets(court: ChaosCourt) -> Check:
                 problems.append(f"ticket request {rid} of {kiosk.kiosk_id} abandoned unanswered")
             elif pending.repeats >= 2:  # waited two answer timeouts: not just in flight
                 problems.append(f"ticket request {rid} of {kiosk.kiosk_id} still unanswered")
-    numbers = Counter(hub.values())
-    problems += [f"number {n} issued {c} times" for n, c in numbers.items() if c > 1]
+    issued = Counter(hub.values())
+    problems += [f"number {n} issued {c} times" for n, c in issued.items() if c > 1]
     summary = (
         f"{got} tickets at kiosks, {len(hub)} in the hub's queue, "
         f"{stats['repeats']} repeated requests, {stats['duplicate_answers']} duplicate answers"
@@ -236,15 +244,21 @@ async def check_telemetry(court: ChaosCourt, since: int, cutoff_ms: int) -> Chec
     the SQLite store."""
     sent = [m for m in list(court.monitor.sent.values()) if since < m.ts <= cutoff_ms]
     expected = {(m.agent, m.device, m.ts) for m in sent}
-    vm, dups = await asyncio.to_thread(_vm_points, court, since)
-    vm = {k for k in vm if k[2] <= cutoff_ms}
-    embedded = {k for k in await asyncio.to_thread(_embedded_points, court, since)
-                if k[2] <= cutoff_ms}  # fmt: skip
-    lost_vm = sorted(expected - vm)
-    lost_emb = sorted(expected - embedded)
+    # refiled points of a skewed agent may lie before ``since`` or after the cut-off
+    all_vm, dups = await asyncio.to_thread(_vm_points, court, since - 60_000)
+    all_embedded = await asyncio.to_thread(_embedded_points, court, since - 60_000)
+    vm = {k for k in all_vm if since < k[2] <= cutoff_ms}
+    embedded = {k for k in all_embedded if since < k[2] <= cutoff_ms}
+    offsets = tuple(court.clock_offsets_ms)
+    lost_vm = sorted(k for k in expected - vm if not _refiled(k, all_vm, court, offsets))
+    lost_emb = sorted(
+        k for k in expected - embedded if not _refiled(k, all_embedded, court, offsets)
+    )
     problems = [f"{len(lost_vm)} points not in VictoriaMetrics"] if lost_vm else []
     problems += [f"{len(lost_emb)} points not in the embedded store"] if lost_emb else []
     problems += [f"{len(dups)} duplicated samples in VictoriaMetrics"] if dups else []
+    future = await asyncio.to_thread(_future_points, court)
+    problems += [f"{n} points filed in the future in {sink}" for sink, n in future.items() if n]
     details = problems + [f"e.g. lost {a}/{d} ts={ts}" for a, d, ts in (lost_vm or lost_emb)[:5]]
     details += [f"e.g. duplicate {d}" for d in dups[:3]]
     replayed = sum(1 for m in sent if m.historical)
@@ -253,6 +267,65 @@ async def check_telemetry(court: ChaosCourt, since: int, cutoff_ms: int) -> Chec
         f"lost: VM {len(lost_vm)}, embedded {len(lost_emb)}; duplicated in VM: {len(dups)}"
     )
     return Check("telemetry", not problems, summary, details)
+
+
+def _future_points(court: ChaosCourt) -> dict[str, int]:
+    """Points stamped more than FUTURE_TOLERANCE_MS ahead of now, per sink."""
+    ahead = int(time.time() * 1000) + FUTURE_TOLERANCE_MS
+    with read_only(court.hub_dir / "telemetry.db") as db:
+        embedded = db.execute("SELECT COUNT(*) FROM raw WHERE ts_ms > ?", (ahead,)).fetchone()[0]
+    samples = court.vm.export('{__name__=~"device_.+"}')
+    return {"the embedded store": int(embedded), "VM": sum(1 for x in samples if x.ts_ms > ahead)}
+
+
+def _refiled(key: Key, stored: set[Key], court: ChaosCourt, offsets: tuple[int, ...]) -> bool:
+    """A skewed agent's point filed on the hub's clock: near its stamp minus an offset the
+    suite stepped that agent's clock by (the hub's measurement is off by the transit delay)."""
+    agent, device, ts = key
+    if agent not in court.clocks:
+        return False
+    return any(
+        (agent, device, t) in stored
+        for off in offsets
+        for t in range(ts - off - SKEW_MATCH_MS, ts - off + SKEW_MATCH_MS + 1)
+    )
+
+
+async def check_skewed_telemetry(
+    court: ChaosCourt, sent: list[SentTelemetry], offsets_ms: tuple[int, ...], since_ms: int
+) -> Check:
+    """Every point of ``sent`` (agents whose clock was off by one of ``offsets_ms``) is in both
+    sinks, filed at its own stamp or within SKEW_MATCH_MS of its stamp minus an offset."""
+    embedded = await asyncio.to_thread(_embedded_points, court, since_ms - 60_000)
+    vm, _ = await asyncio.to_thread(_vm_points, court, since_ms - 60_000)
+    problems: list[str] = []
+    shifted: Counter[str] = Counter()
+    for sink, stored in (("the embedded store", embedded), ("VM", vm)):
+        by_series: dict[tuple[str, str], list[int]] = {}
+        for agent, device, ts in stored:
+            by_series.setdefault((agent, device), []).append(ts)
+        lost: list[SentTelemetry] = []
+        for m in sent:
+            times = by_series.get((m.agent, m.device), [])
+            if m.ts in times:
+                shifted[f"{sink}: as stamped"] += 1
+                continue
+            match = next(
+                (off for off in offsets_ms
+                 if any(abs(t - (m.ts - off)) <= SKEW_MATCH_MS for t in times)),
+                None,
+            )  # fmt: skip
+            if match is None:
+                lost.append(m)
+            else:
+                shifted[f"{sink}: refiled {match / 1000:+.0f} s"] += 1
+        if lost:
+            problems.append(f"{len(lost)} points of skewed agents not in {sink}")
+            problems += [f"e.g. lost {m.agent}/{m.device} ts={m.ts}" for m in lost[:3]]
+    summary = f"{len(sent)} points from skewed agents; " + ", ".join(
+        f"{k} {v}" for k, v in sorted(shifted.items())
+    )
+    return Check("skewed telemetry", not problems, summary, problems)
 
 
 # recordings ---------------------------------------------------------------------------------------
@@ -319,12 +392,29 @@ async def check_recordings(
     settled = int(time.time() * 1000) - 15_000
     holes, counts = await asyncio.to_thread(_uncovered_holes, court, since_ms, settled)
     problems += [h for h in holes if h not in reported][:10]
+    problems += (await asyncio.to_thread(_misfiled_segments, court))[:10]
     gaps = await asyncio.to_thread(_gap_count, court)
     summary = (
         f"{sum(counts.values())} segments on {len(counts)} cameras/tracks, {gaps} gap records; "
         f"verify: {lines[-1] if lines else verify.stderr.strip()[-200:]}"
     )
     return Check("recordings", not problems, summary, problems)
+
+
+def _misfiled_segments(court: ChaosCourt) -> list[str]:
+    """Segments starting in the future, or before the previous segment of their track ended."""
+    ahead = int(time.time() * 1000) + FUTURE_TOLERANCE_MS
+    with read_only(court.hub_dir / "recordings.db") as db:
+        segments = db.execute(
+            "SELECT camera, start_ms, end_ms FROM segments ORDER BY camera, start_ms, id"
+        ).fetchall()
+    problems = [f"{cam}: segment at {start} filed {start - ahead + FUTURE_TOLERANCE_MS} ms "
+                "in the future" for cam, start, _ in segments if start > ahead]  # fmt: skip
+    for (cam_a, _, end_a), (cam_b, start_b, _) in itertools.pairwise(segments):
+        if cam_a == cam_b and start_b < end_a - OVERLAP_TOLERANCE_MS:
+            problems.append(f"{cam_b}: segment at {start_b} overlaps the previous one by "
+                            f"{end_a - start_b} ms")  # fmt: skip
+    return problems
 
 
 def _gap_count(court: ChaosCourt) -> int:

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from skewed_clock import SkewedClock
+from skewed_clock import available as faketime_available
 
 from hub.broker import PID_FILE, free_port
 from hub.config import load_hub_config
@@ -45,10 +47,10 @@ from hub.credentials import MQTT_DIR, Credentials
 from protocol.messages import Telemetry, decode
 from protocol.mqtt_link import BrokerUrl, MqttLink, Subscription
 from protocol.topics import TopicKind
-from simulators.court import GARBAGE_MESSAGES, SimulatedCourt
+from simulators.court import GARBAGE_MESSAGES, AgentProcess, SimulatedCourt
 from simulators.court_cameras import CourtCameras
 from simulators.demo import bundled_model_dir
-from simulators.scenario import CourtScenario, FaultAction, scenario_from_dict
+from simulators.scenario import CourtScenario, FaultAction, VenueSpec, scenario_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,11 @@ def _load_vm_class() -> Any:
 
 
 VictoriaMetrics = _load_vm_class()
+
+#: the agent entry point under libfaketime
+SKEWED_CLOCK_SCRIPT = Path(__file__).resolve().parent / "skewed_clock.py"
+#: the agents started under libfaketime, whose clocks ``clock_jump`` steps
+SKEWED_AGENTS = ("court-1", "hall-1")
 
 SPEECH = {"judge": "지금부터 재판을 시작하겠습니다", "plaintiff": "원고는 청구를 유지합니다"}
 
@@ -182,6 +189,51 @@ class Monitor:
         )
 
 
+class SkewedAgentProcess(AgentProcess):
+    """An agent process whose wall clock the suite can step (``skewed_clock``)."""
+
+    def __init__(self, agent: str, config_path: Path, log_path: Path, clock: SkewedClock) -> None:
+        super().__init__(agent, config_path, log_path)
+        self.clock = clock
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        with self.log_path.open("ab") as logfile:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(SKEWED_CLOCK_SCRIPT),
+                "--config",
+                str(self.config_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=logfile,
+                start_new_session=True,
+                env=self.clock.env(),
+            )
+        self.starts += 1
+        log.info("agent process started (faked clock) agent=%s pid=%s", self.agent, proc.pid)
+        return proc
+
+
+class SkewableCourt(SimulatedCourt):
+    """:class:`SimulatedCourt` whose agents in ``clocks`` run under libfaketime."""
+
+    def __init__(self, *args: Any, clocks: dict[str, SkewedClock], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clocks = clocks
+
+    def _start_agent(self, venue: VenueSpec) -> None:
+        super()._start_agent(venue)
+        clock = self.clocks.get(venue.agent)
+        if clock is None:
+            return
+        plain = self.agents[venue.agent]
+        if plain._task is not None:
+            plain._task.cancel()  # created, not run yet: no process was started
+        skewed = SkewedAgentProcess(plain.agent, plain.config_path, plain.log_path, clock)
+        skewed.start()
+        self.agents[venue.agent] = skewed
+
+
 @dataclass
 class ChaosCourt:
     """The whole court; see the module docstring. ``full``: the bigger ``make chaos`` court."""
@@ -209,6 +261,10 @@ class ChaosCourt:
     _broker_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _monitor_link: MqttLink | None = None
     _mounted: bool = False
+    #: agents whose wall clock the ``clock jump`` fault steps (libfaketime; empty without it)
+    clocks: dict[str, SkewedClock] = field(default_factory=dict)
+    #: every offset ``step_clocks`` set (the checks accept points refiled by one of them)
+    clock_offsets_ms: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.scenario = chaos_scenario(self.full)
@@ -216,6 +272,10 @@ class ChaosCourt:
         self.broker_port = free_port()
         self.api_port = free_port()
         self.vm = VictoriaMetrics(self.work / "vm-data", free_port(), self.work / "vm.log")
+        if faketime_available():
+            # court-1: telemetry, events and the hearing's audio; hall-1: the kiosks' tickets
+            for agent in SKEWED_AGENTS:
+                self.clocks[agent] = SkewedClock(self.work / f"faketime-{agent}.rc")
 
     # paths --------------------------------------------------------------------------------------
     @property
@@ -251,13 +311,14 @@ class ChaosCourt:
         config = load_hub_config(self.config_path)
         self.credentials = await asyncio.to_thread(Credentials.of_hub, config)
         await self._start_monitor()
-        self.court = SimulatedCourt(
+        self.court = SkewableCourt(
             self.scenario,
             BrokerUrl("127.0.0.1", self.broker_port),
             self.credentials.password_for,
             self.work / "court",
             restart_broker=self.restart_broker,
             cameras=self.cameras,
+            clocks=self.clocks,
         )
         await self.court.start()
         hearing = await self.api(
@@ -534,6 +595,15 @@ class ChaosCourt:
         finally:
             await link.stop()
         return sent
+
+    async def step_clocks(self, offset_s: float) -> None:
+        """Step the skewed agents' wall clocks to real time + ``offset_s`` (``CLOCK_MONOTONIC``
+        untouched, as with an NTP step); ``0`` puts them right again."""
+        log.info("fault: agent clocks %+.0f s (%s)", offset_s, ", ".join(sorted(self.clocks)))
+        if offset_s:
+            self.clock_offsets_ms.add(int(offset_s * 1000))
+        for clock in self.clocks.values():
+            await asyncio.to_thread(clock.step, offset_s)
 
     async def fill_disk(self, leave_mb: float) -> Path:
         """Write a ballast file so only ``leave_mb`` MB stay free where recordings go."""

@@ -24,9 +24,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script, beside the tests
 
-from chaos_checks import Check, FaultReport, TranscriptWatch, Window, check_all, read_only
+from chaos_checks import (
+    Check,
+    FaultReport,
+    TranscriptWatch,
+    Window,
+    check_all,
+    check_skewed_telemetry,
+    read_only,
+    wait_ok,
+)
 from chaos_court import ChaosCourt
 
+from hub.clock_skew import alert_key
 from simulators.demo import bundled_model_dir
 from simulators.scenario import FaultAction
 
@@ -104,6 +114,64 @@ async def serial_garbage(court: ChaosCourt) -> str:
     return "4096 bytes of line noise on hall-1's LED bus and printer"
 
 
+async def clock_jump(court: ChaosCourt) -> str:
+    """The skewed agents' wall clocks step +1 h, back, then -5 s, and back (libfaketime).
+
+    While a clock is off the hub must show ``clock-skew:<agent>``, and resolve it when the
+    clock is back; every telemetry point the agents sent meanwhile must be in both sinks, filed
+    on the hub's clock (``check_skewed_telemetry``). Recordings and the rest are judged by the
+    usual checks afterwards (a segment filed in the future or over another is a failure there).
+    """
+    if not court.clocks:
+        return "skipped: libfaketime not installed (scripts/install-system-deps.sh)"
+    agents = sorted(court.clocks)
+    keys = [alert_key(a) for a in agents]
+    before = set(court.monitor.sent)
+    started_ms = int(time.time() * 1000)
+    problems: list[str] = []
+    notes: list[str] = []
+    for offset_s, hold_s in ((3600.0, 20.0), (-5.0, 25.0)):
+        await court.step_clocks(offset_s)
+        stepped = time.monotonic()
+        seen = await _wait_alerts(court, keys, active=True, timeout_s=hold_s)
+        notes.append(f"{offset_s:+.0f} s: alerted {seen}")
+        if not seen:
+            problems.append(f"clock {offset_s:+.0f} s: no clock-skew alert within {hold_s:.0f} s")
+        await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - stepped)))  # data meanwhile
+        await court.step_clocks(0.0)
+        if not await _wait_alerts(court, keys, active=False, timeout_s=40.0):
+            problems.append(f"clock back from {offset_s:+.0f} s: clock-skew alert not resolved")
+    sent = [m for k, m in list(court.monitor.sent.items()) if k not in before and m.agent in agents]
+    telemetry = await wait_ok(
+        lambda: check_skewed_telemetry(court, sent, (3_600_000, -5_000), started_ms), 60.0
+    )
+    if not telemetry.ok:
+        problems += telemetry.details or [telemetry.summary]
+    if problems:
+        raise AssertionError("; ".join(problems))
+    return f"{', '.join(agents)} clocks +1 h for 20 s, back, -5 s for 25 s, back; " + (
+        f"{'; '.join(notes)}; {telemetry.summary}"
+    )
+
+
+async def _wait_alerts(
+    court: ChaosCourt, keys: list[str], *, active: bool, timeout_s: float
+) -> str:
+    """Wait until all ``keys`` are firing (``active``) or none is; return what the alerts said
+    (the first firing message) or "" on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = await court.api("GET", "/api/v1/alerts")
+        firing = {a["key"]: a["message"] for a in body["active"] if a["key"] in keys}
+        if active and len(firing) == len(keys):
+            return str(next(iter(firing.values()))).split(" / ")[-1]
+        if not active and not firing:
+            return "resolved"
+        if time.monotonic() > deadline:
+            return ""
+        await asyncio.sleep(0.5)
+
+
 async def disk_full(court: ChaosCourt) -> str:
     """Below the retention headroom, then no space at all, then space again."""
     if not court.recordings_tmpfs_mb:
@@ -164,6 +232,7 @@ FULL: tuple[Fault, ...] = (
     Fault("camera cut (H.264)", camera(FaultAction.CUT_CAMERA, "court-1-cam-2", 12.0)),
     Fault("serial unplug/replug", serial_unplug),
     Fault("serial garbage", serial_garbage),
+    Fault("clock jump", clock_jump),
     Fault("disk nearly full", disk_full, wait_s=120.0),
     Fault("VictoriaMetrics down 5 min", vm_down(300.0), wait_s=300.0),
     Fault("mixed faults", mixed, wait_s=180.0),
