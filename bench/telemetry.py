@@ -509,6 +509,7 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
     await asyncio.sleep(1.0)  # a few idle requests first: the API's quiet baseline
     idle = len(poller.latencies_ms)
     pids = {"hub": hub.pid, "victoriametrics": vm.pid, "mosquitto": broker.pid}
+    pids.update(_sink_processes(hub.pid))
     cpu0 = {k: _cpu_seconds(p) for k, p in pids.items()}
     accepted0 = poller.accepted[-1][1] if poller.accepted else 0.0
     t0 = time.monotonic()
@@ -550,8 +551,12 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
         "lost": hub_stats.get("lost"),
         "bad_messages": hub_stats.get("bad_messages"),
         "cpu_cores": cpu,
-        # the hub's whole CPU (ingest, pipeline, the sinks of this run, API) per point
+        # the hub's whole CPU (ingest, pipeline, API; the sinks too unless they run in their own
+        # processes) per point, and each sink process's
         "cpu_us_per_point": round(used["hub"] / total * 1e6, 1),
+        "sink_process_us_per_point": {
+            k: round(v / total * 1e6, 1) for k, v in used.items() if k.startswith("sink ")
+        },
     }
     out["api"] = {
         "route": "GET /api/v1/stats (bearer token)",
@@ -564,6 +569,20 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
         "mean_ms": round(statistics.fmean(busy), 1) if busy else None,
     }
     return out
+
+
+def _sink_processes(hub_pid: int | None) -> dict[str, int | None]:
+    """The hub's sink children (hub/sink_process.py), ``"sink <name>"`` → pid."""
+    found: dict[str, int | None] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == hub_pid and b"hub.sink_process" in argv and b"--sink" in argv:
+            found[f"sink {argv[argv.index(b'--sink') + 1].decode()}"] = int(stat.parent.name)
+    return found
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -635,7 +654,8 @@ def table(result: dict[str, Any]) -> str:
             "CPU (cores, avg)",
             json.dumps(hub.get("cpu_cores", {})),
             f"hub {hub.get('cpu_us_per_point', '-')} µs CPU per point "
-            f"(sinks: {', '.join(result.get('sinks', ()))})",
+            + "".join(f", {k} {v} µs" for k, v in hub.get("sink_process_us_per_point", {}).items())
+            + f" (sinks: {', '.join(result.get('sinks', ()))})",
         )
     )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

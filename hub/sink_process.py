@@ -290,6 +290,8 @@ class SinkProcess:
             self._python,
             "-m",
             "hub.sink_process",
+            "--sink",
+            self.name,
             "--log-level",
             logging.getLevelName(logging.getLogger().getEffectiveLevel()),
             stdin=asyncio.subprocess.PIPE,
@@ -493,12 +495,13 @@ async def _child_main() -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m hub.sink_process``: the child's entry point (started by :class:`SinkProcess`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sink", default="?", help="its name, for ps and the log lines")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level,
-        format="%(asctime)s %(levelname)s [sink %(process)d] %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s [sink {args.sink} %(process)d] %(name)s: %(message)s",
     )
     # the hub ends this process by closing the pipe, after sending everything; a signal meant
     # for the whole service (systemd, Ctrl-C in a terminal) must not cut that short
