@@ -7,8 +7,10 @@ seconds to hours while the hub's clock is right. :class:`ClockSkew` compares eac
 timestamp with the hub's receive time:
 
 - **Measuring.** ``sample = ts - received``. Transit never runs backwards, so a sample is the
-  agent's offset minus the message's delay: the *largest* recent sample is the best estimate
-  (NTP's minimum-delay filter), and a sample far *ahead* of the hub can only be a clock ahead.
+  agent's offset minus the message's delay: the *largest* of the samples that confirm a step
+  is its estimate (NTP's minimum-delay filter), kept until the next step (a refined offset
+  could file two of an agent's points on the same millisecond), and a sample far *ahead* of
+  the hub can only be a clock ahead.
 - **Steps.** The current offset (0 for a healthy agent) stands while samples agree with it to
   within ``threshold_ms`` (2 s). Samples that disagree form a candidate offset, adopted after
   ``confirm_messages`` samples when it is *unambiguous*: ahead of the current offset (no delay
@@ -73,8 +75,6 @@ class AgentSkew:
     agent: str
     #: adopted offset (agent clock - hub clock), 0 for a healthy agent
     offset_ms: int = 0
-    #: the largest sample of the current offset's epoch (its estimate; refines ``offset_ms``)
-    last_sample_ms: int = 0
     samples: int = 0
     #: steps adopted (away and back both count)
     steps: int = 0
@@ -149,9 +149,8 @@ class ClockSkew:
         if abs(sample - state.offset_ms) <= self.threshold_ms:
             state.candidate = None
             if state.offset_ms:
-                if sample > state.last_sample_ms:
-                    state.last_sample_ms = sample  # less delayed: a better estimate
-                    state.offset_ms = sample
+                # the offset stays as adopted (not refined while it holds): one constant taken
+                # from every stamp keeps an agent's points distinct and in order
                 state.corrected += 1
                 return ts_ms - state.offset_ms
             return ts_ms
@@ -187,7 +186,6 @@ class ClockSkew:
         offset = 0 if abs(cand.best_ms) <= self.threshold_ms else cand.best_ms
         previous = state.offset_ms
         state.offset_ms = offset
-        state.last_sample_ms = cand.best_ms
         state.candidate = None
         state.steps += 1
         log.warning(

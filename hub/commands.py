@@ -4,6 +4,11 @@
 offline, ``name`` among its capabilities) and publishes nothing when a check fails. The command
 carries an absolute ``deadline_ms``; the agent never runs it after that (CONTRACT-NOTES.md), and
 the hub stops waiting at the same moment. A result that comes later is logged and ignored.
+
+The agent judges the deadline on its own clock, so ``deadline_ms`` and ``ts`` are written on
+the agent's clock as the hub measured it (``clock_offset``, :mod:`hub.clock_skew`): an agent an
+hour ahead would otherwise refuse every command as expired, one an hour behind would run stale
+ones.
 """
 
 from __future__ import annotations
@@ -76,10 +81,17 @@ class CommandRouter:
     """Sends commands and waits for their results (loop only)."""
 
     def __init__(
-        self, registry: Registry, publish: Publisher, *, max_timeout_s: float = 300
+        self,
+        registry: Registry,
+        publish: Publisher,
+        *,
+        max_timeout_s: float = 300,
+        clock_offset: Callable[[str], int] = lambda agent: 0,
     ) -> None:
+        """``clock_offset(agent)``: the agent's clock minus the hub's, in ms."""
         self._registry = registry
         self._publish = publish
+        self._clock_offset = clock_offset
         self.max_timeout_s = max_timeout_s
         self._pending: dict[str, _Pending] = {}
         self.sent = 0
@@ -106,12 +118,13 @@ class CommandRouter:
         rejected = self._check(agent, device, name, timeout_s)
         if rejected is not None:
             return rejected
+        agent_now = now_ms() + self._clock_offset(agent)  # the agent's clock judges the deadline
         command = Command(
             id=uuid.uuid4().hex,
             name=name,
             args=dict(args or {}),
-            deadline_ms=now_ms() + int(timeout_s * 1000),
-            ts=now_ms(),
+            deadline_ms=agent_now + int(timeout_s * 1000),
+            ts=agent_now,
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[CommandResult] = loop.create_future()

@@ -108,8 +108,10 @@ class HubService:
             lambda topic, payload: self.ingest.link.publish(topic, payload, qos=1),
             min_interval_s=health.rebirth_min_interval_s,
         )
-        self.commands = CommandRouter(self.registry, self.ingest.publish_acked)
         self.clock_skew = ClockSkew()
+        self.commands = CommandRouter(
+            self.registry, self.ingest.publish_acked, clock_offset=self.clock_skew.offset_ms
+        )
         self.historical_in = 0
         self.unknown_agent_messages = 0
         self._tasks: list[asyncio.Task[None]] = []

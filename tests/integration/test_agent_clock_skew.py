@@ -1,6 +1,7 @@
 """An agent process whose wall clock steps an hour ahead and back (libfaketime), a real Mosquitto
 and the hub core: the technicians get ``clock-skew:court-1`` with the offset, it resolves when
-the clock is back, and the agent's telemetry and audio keep arriving filed on the hub's clock."""
+the clock is back, the agent's telemetry and audio keep arriving filed on the hub's clock, and
+the hub's commands still run (their deadline is written on the agent's clock)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,9 @@ async def test_an_agent_clock_an_hour_ahead_is_alerted_and_its_data_filed_on_the
         # filed on the hub's clock: nothing an hour in the future
         for filed, received in telemetry + audio:
             assert abs(filed - received) < 5_000, (filed - received, "ms off the hub's clock")
+        # an hour ahead, the agent would refuse a deadline written on the hub's clock as expired
+        outcome = await hub.call_command("court-1", "agent", "ping", timeout_s=5.0)
+        assert outcome.ok, outcome.error
         clock.step(0)
         await until(lambda: not board.is_active("clock-skew:court-1"), "the alert to resolve")
         assert hub.clock_skew.offset_ms("court-1") == 0
