@@ -450,7 +450,9 @@ class TranscriptWatch:
         fresh = [s for s in segments if int(s["start_us"]) // 1000 > after_ms]
         if not fresh:
             problems.append("no new final segment since the fault ended")
-        holes = await asyncio.to_thread(_transcript_holes, court, list(now.values()))
+        spans = [(str(s["seat"]), int(s["start_us"]), int(s.get("end_us", s["start_us"])))
+                 for s in segments]  # fmt: skip
+        holes = await asyncio.to_thread(_transcript_holes, court, spans)
         problems += holes
         if not problems:
             self.seen = now
@@ -458,22 +460,24 @@ class TranscriptWatch:
         return Check("transcript", not problems, summary, problems[:10])
 
 
-def _transcript_holes(court: ChaosCourt, finals: list[tuple[str, int]]) -> list[str]:
-    """A speaking seat's finals come once per round of its looped speech; a missing round that
-    no audio gap of that seat's track explains is a lost final."""
+def _transcript_holes(court: ChaosCourt, finals: list[tuple[str, int, int]]) -> list[str]:
+    """A speaking seat's finals come once per round of its looped speech; a round without one
+    that no audio gap of that seat's track explains is a lost final. ``finals``: (seat,
+    start_us, end_us). Measured from a final's *end*: the recogniser sometimes joins two rounds
+    in one final (seen at a hearing's start), which loses nothing."""
     with read_only(court.hub_dir / "recordings.db") as db:
         gaps = db.execute("SELECT camera, from_ms, COALESCE(to_ms, ?) FROM gaps", (2**62,))
         gap_list = list(gaps)
     holes: list[str] = []
     for seat in ("judge", "plaintiff"):
-        starts = sorted(us // 1000 for s, us in finals if s == seat)
-        steps = [b - a for a, b in itertools.pairwise(starts)]
+        spans = sorted((start // 1000, end // 1000) for s, start, end in finals if s == seat)
+        steps = [b[0] - a[0] for a, b in itertools.pairwise(spans)]
         if len(steps) < 3:
             continue
         period = statistics.median(steps)
         track = f"court-1-mic-1-{seat}"
-        for a, b in itertools.pairwise(starts):
-            if b - a > 1.8 * period and not any(
+        for (_, a), (b, _) in itertools.pairwise(spans):
+            if b - a > period and not any(
                 t == track and lo < b and hi > a for t, lo, hi in gap_list
             ):
                 holes.append(f"{seat}: no final for {b - a} ms (round {period:.0f} ms), no gap")

@@ -272,7 +272,7 @@ class ChaosCourt:
         self.broker_port = free_port()
         self.api_port = free_port()
         self.vm = VictoriaMetrics(self.work / "vm-data", free_port(), self.work / "vm.log")
-        if faketime_available():
+        if self.full and faketime_available():  # the clock jump is a full-profile fault
             # court-1: telemetry, events and the hearing's audio; hall-1: the kiosks' tickets
             for agent in SKEWED_AGENTS:
                 self.clocks[agent] = SkewedClock(self.work / f"faketime-{agent}.rc")
