@@ -324,3 +324,25 @@ async def test_bad_messages_are_counted_per_reason(rig: Rig) -> None:
     assert value(samples, "courthub_bad_messages_total", reason="malformed_json") == 2.0
     assert value(samples, "courthub_bad_messages_total", reason="oversized") is None
     assert value(samples, "courthub_device_up", **kiosk) == 1.0  # bad input is not a fault
+
+
+async def test_an_agent_clock_an_hour_ahead_shows_its_offset(rig: Rig) -> None:
+    await birth(rig)
+    kiosk = {"agent": AGENT, "device": "kiosk-1"}
+    await scrape_until(rig, lambda s: value(s, "courthub_device_up", **kiosk) == 1.0, "birth")
+    hour_ms = 3_600_000
+    for seq in range(1, 5):
+        msg = Telemetry(ts=now_ms() + hour_ms, seq=seq, metrics={"paper_pct": float(seq)})
+        await publish(rig, TopicKind.TELEMETRY, encode(msg), device="kiosk-1")
+    samples = await scrape_until(
+        rig,
+        lambda s: value(s, "courthub_device_metric", metric="paper_pct", **kiosk) == 4.0,
+        "the kiosk's last value",
+    )
+    offset = value(samples, "courthub_agent_clock_offset_seconds", agent=AGENT)
+    assert offset is not None and abs(offset - 3600) < 5
+    assert value(samples, "courthub_agent_clock_steps_total", agent=AGENT) == 1.0
+    assert (value(samples, "courthub_agent_clock_corrected_total", agent=AGENT) or 0) >= 4
+    # the last values are filed on the hub's clock, not an hour ahead
+    device = rig.service.registry.device(AGENT, "kiosk-1")
+    assert device is not None and abs(device.metrics_ts - now_ms()) < 5_000
