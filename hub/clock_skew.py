@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD_MS: Final = 2_000
 #: Disagreeing samples needed before a step is believed.
 DEFAULT_CONFIRM_MESSAGES: Final = 3
-#: A step backwards must also persist this long (late messages look the same at first).
+#: A clock found behind without its timestamps going backwards (an agent first heard that way)
+#: must also stay so this long: late messages look the same at first.
 DEFAULT_CONFIRM_BEHIND_S: Final = 10.0
 
 #: ``on_change(agent, offset_ms)``: offset 0 means the clock is back.
@@ -177,6 +178,7 @@ class ClockSkew:
         else:
             cand.count += 1
             cand.best_ms = max(cand.best_ms, sample)
+            cand.went_back = cand.went_back or went_back
         if cand.count < self.confirm_messages:
             return
         behind = cand.best_ms < state.offset_ms
