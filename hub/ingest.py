@@ -13,9 +13,13 @@ Threading (the hot path must keep the event loop free):
   ``batch_size`` items per loop tick, and no more than ``tick_budget_s`` (2 ms) of them, and
   reschedules itself with ``call_soon`` while items remain, so other tasks run in between: a
   web request needs several loop ticks, and 500 telemetry messages a tick (~10 ms) made the
-  API's p99 200+ ms during a flood (bench telemetry); 2 ms ticks kept it under 100 ms.
-- When the loop falls far behind, the network thread waits (it does not drop): paho acknowledges
-  a QoS 1 message only after ``on_message`` returns, so the broker keeps the rest.
+  API's p99 200-325 ms during a flood (bench telemetry); with 2 ms ticks, 100-170 ms.
+- When the loop falls ``max_pending`` (5,000) messages behind, the network thread waits (it
+  does not drop): paho acknowledges a QoS 1 message only after ``on_message`` returns, so the
+  broker keeps the rest (its queue for the hub's session is ``max_queued_messages``). A longer
+  deque here only let the network thread run further ahead of the loop, with every queued
+  message one more object for the garbage collector to walk: at 100,000 the embedded store got
+  18-24k points/s in a flood, at 5,000 26-28k.
 
 The session is persistent (``clean_start=False``) so QoS 1 messages published while the hub is
 briefly away are delivered when it is back. The hub's will is a retained ``hub/state`` with
@@ -108,7 +112,7 @@ class Ingest:
         batch_size: int = 500,
         coalesce_s: float = 0.002,
         tick_budget_s: float = 0.002,
-        max_pending: int = 100_000,
+        max_pending: int = 5_000,
         subscriptions: Sequence[Subscription] | None = None,
         announce: bool = True,
         persistent_session: bool = True,
