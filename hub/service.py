@@ -110,7 +110,7 @@ class HubService:
         )
         self.clock_skew = ClockSkew()
         self.commands = CommandRouter(
-            self.registry, self.ingest.publish_acked, clock_offset=self.clock_skew.offset_ms
+            self.registry, self.ingest.publish_acked, clock_offset=self.clock_skew.correction_ms
         )
         self.historical_in = 0
         self.unknown_agent_messages = 0
