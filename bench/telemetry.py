@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import tomli_w
 
 from dashboards.auth import load_or_create_api_token
@@ -190,12 +191,14 @@ def _auth(port: int, user: str, password: str) -> list[str]:
     return ["-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password]
 
 
-async def _births(broker: MosquittoBroker, passwords: dict[str, str]) -> None:
-    """Each agent's retained birth with its one device ``d0``."""
+async def _births(broker: MosquittoBroker, passwords: dict[str, str], ts_ms: int) -> None:
+    """Each agent's retained birth with its one device ``d0``, stamped ``ts_ms``: before the
+    agent's first telemetry, as a real agent's (the hub's clock-skew check takes live stamps
+    that go back by more than 2 s for a clock stepped back)."""
     procs = []
     for agent, password in passwords.items():
         birth = Birth(
-            ts=now_ms(),
+            ts=ts_ms,
             bdseq=1,
             seq=0,
             venue=Venue(id=agent, kind=VenueKind.TECH_COURTROOM),
@@ -463,7 +466,7 @@ async def run_telemetry_bench(options: TelemetryBenchOptions) -> dict[str, Any]:
         result["ceiling"] = await _ceiling(broker, passwords, lines)
         hub, api, token = await _start_hub(work, _hub_toml(work, broker, vm, options.sinks))
         headers = {"Authorization": f"Bearer {token}"}
-        await _births(broker, passwords)
+        await _births(broker, passwords, msgspec.json.decode(lines[0], type=Telemetry).ts - 1)
         await _devices_known(api, headers, options.devices)
         setup = _Setup(broker, passwords, lines, hub, vm, api, headers)
         result.update(await _measure(options, setup))
