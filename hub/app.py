@@ -204,9 +204,9 @@ async def run_hub(
             password = await asyncio.to_thread(_external_password, config)
         service = HubService(config, broker_url, username, password)
         parts.push_async_callback(_logged, "hub service shutdown", service.stop)
-        await service.start()
-        if not await service.wait_connected(CONNECT_WAIT_S):
-            log.warning("hub not connected to the broker yet broker=%s; retrying", broker_url)
+        # connected only once every listener is attached (telemetry, hall, recorder): the
+        # broker hands over what it queued for the hub at once (HubService.start)
+        await service.start(connect=False)
         token = await asyncio.to_thread(load_or_create_api_token, data_dir)
         accounts = await AccountStore.open(data_dir)
         parts.push_async_callback(_logged, "account store close", accounts.close)
@@ -224,6 +224,9 @@ async def run_hub(
             video.hearings.all, _venue_namer(service), config.hub.timezone, time.time
         ).lookup
         telemetry.rules.set_hearing_venues(video.hearings.recording_venues)
+        await service.connect()
+        if not await service.wait_connected(CONNECT_WAIT_S):
+            log.warning("hub not connected to the broker yet broker=%s; retrying", broker_url)
         runner, api_url = await _start_api(
             config,
             service,

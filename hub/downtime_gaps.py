@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 
 REASON = "集控中心未在录制（重启或停机） / hub not recording (restart or shutdown)"
 #: holes shorter than this between the last segment and the first new one are not gaps
-#: (segment boundaries of continuous recording match within milliseconds)
-TOLERANCE_MS = 1000
+#: (segment boundaries of continuous recording match within milliseconds). 1 s was too much: once
+#: a crashed segment kept its last second (ffmpeg's per-segment flush), a hub restarted in ~1 s
+#: left a real 1 s hole that went unrecorded
+TOLERANCE_MS = 250
 
 
 class DowntimeGaps:
@@ -66,7 +68,7 @@ class DowntimeGaps:
         last_end = self._last_end.pop(track, None)
         if gap_id is not None:
             self._spawn(self._close(track, gap_id, record.start_ms))
-        elif last_end is not None and record.start_ms - last_end > self.tolerance_ms:
+        elif last_end is not None and record.start_ms - last_end >= self.tolerance_ms:
             self._spawn(self._record(record, last_end))
 
     async def wait(self) -> None:

@@ -116,16 +116,24 @@ class HubService:
         self.unknown_agent_messages = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._connected = False
 
     # lifecycle ----------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load the stored registry, connect to the broker, start the sweeper and the flusher."""
+    async def start(self, *, connect: bool = True) -> None:
+        """Load the stored registry, connect to the broker, start the sweeper and the flusher.
+
+        ``connect=False``: everything but the broker connection; call :meth:`connect` once every
+        listener is attached. The broker delivers the queue it kept for the hub's session the
+        moment the hub connects, and a message dispatched before, say, the telemetry pipeline
+        listens is never stored (the chaos suite lost 4 s of an agent's points that way when the
+        sinks' processes took a few seconds to start)."""
         if self._started:
             return
         await self.store.open()
         try:
             await self._load_state()
-            await self.ingest.start()
+            if connect:
+                await self.connect()
         except BaseException:
             await self.store.close()  # do not leak the store's thread on a failed start
             raise
@@ -134,6 +142,12 @@ class HubService:
             asyncio.create_task(self.flusher.run(), name="hub-store-flusher"),
         ]
         self._started = True
+
+    async def connect(self) -> None:
+        """Connect to the broker and start dispatching (idempotent)."""
+        if not self._connected:
+            self._connected = True
+            await self.ingest.start()
 
     async def _load_state(self) -> None:
         stored = await self.store.load()
@@ -163,7 +177,9 @@ class HubService:
         if not self._started:
             return
         self._started = False
-        await self.ingest.stop()
+        if self._connected:
+            self._connected = False
+            await self.ingest.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
