@@ -148,6 +148,21 @@ class _Write:
 
 
 _STOP: Final = object()
+#: while a device's writes fail (a full disk), its frames are held and a write is tried again
+#: this often
+RETRY_WRITE_S: Final = 1.0
+
+
+@dataclass
+class _Failing:
+    """A device's stretch of frames not written (one gap when writing works again)."""
+
+    mic: MicrophoneConfig
+    from_us: int
+    to_us: int
+    frames: int
+    reason: str
+    retry_at: float = 0.0
 
 
 class AudioRecorder:
@@ -214,6 +229,7 @@ class AudioRecorder:
             for seat in mic.config.seats:
                 await self._recover(mic.config, seat)
         self._writer.on_closed = self._closed_threadsafe
+        self._writer.on_failed = self._failed_threadsafe
         self._thread = threading.Thread(target=self._writer.run, args=(self._queue,), daemon=True)
         self._thread.name = "audio-writer"
         self._thread.start()
@@ -435,6 +451,13 @@ class AudioRecorder:
                     log.exception("audio jitter poll failed device=%s", mic.name)
 
     # closed segments → index --------------------------------------------------------------------
+    def _failed_threadsafe(
+        self, config: MicrophoneConfig, from_us: int, to_us: int, reason: str, frames: int
+    ) -> None:
+        mic = self._mics.get((config.agent, config.device))
+        if mic is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._lost, mic, from_us, to_us, reason, frames)
+
     def _closed_threadsafe(self, segments: list[AudioSegment]) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._closed, segments)
@@ -569,6 +592,9 @@ class _WavWriter:
         self.clock = clock
         self.on_pcm = on_pcm
         self.on_closed: Callable[[list[AudioSegment]], None] = lambda segments: None
+        #: ``(mic, from_us, to_us, reason, frames)``: a stretch the writer could not write
+        self.on_failed: Callable[[MicrophoneConfig, int, int, str, int], None] = lambda *args: None
+        self._failing: dict[tuple[str, str], _Failing] = {}
         self.write_errors = 0
         self.pcm_hook_errors = 0
         self._groups: dict[tuple[str, str], _Group] = {}
@@ -595,19 +621,78 @@ class _WavWriter:
                     self._close_all()
                     return
                 assert isinstance(item, _Write)
-                try:
-                    self._write(item)
-                except Exception:
-                    self.write_errors += 1
-                    log.exception(
-                        "audio frame not written device=%s/%s", item.mic.agent, item.mic.device
-                    )
-                    self._close((item.mic.agent, item.mic.device))
+                if not self._held(item):
+                    try:
+                        self._write(item)
+                    except Exception as exc:
+                        self._failed(item, exc)
+                    else:
+                        self._resumed(item.mic)
                 try:
                     item = items.get_nowait()
                 except queue.Empty:
                     break
             self._flush_all()  # a batch written: on disk before the next wait (kill -9 safe)
+
+    # failing writes (a full disk) -------------------------------------------------------------------
+    def _failed(self, item: _Write, exc: Exception) -> None:
+        """A frame not written: close what is open, hold the device's frames for
+        ``RETRY_WRITE_S`` and remember the stretch as one gap (see :meth:`_resumed`).
+
+        Without the hold, a full disk made every frame open a new file that failed at once:
+        the chaos suite found 54 stub WAVs in ``.incoming/`` after 15 s of full disk, none in
+        the chain, and the stretch without a gap record."""
+        key = (item.mic.agent, item.mic.device)
+        self.write_errors += 1
+        end = item.frame.capture_ts_us + item.frame.duration_us
+        failing = self._failing.get(key)
+        if failing is None:
+            log.error(
+                "audio frames not written device=%s/%s error=%s; retrying every %g s",
+                *key,
+                exc,
+                RETRY_WRITE_S,
+            )
+            failing = self._failing[key] = _Failing(
+                item.mic, item.frame.capture_ts_us, end, 0, str(exc)
+            )
+        failing.to_us, failing.frames = end, failing.frames + 1
+        failing.retry_at = self.clock() + RETRY_WRITE_S
+        self._close(key)
+
+    def _held(self, item: _Write) -> bool:
+        """The device's writes are failing and it is not yet time to try again: the frame
+        joins the stretch that will be a gap."""
+        failing = self._failing.get((item.mic.agent, item.mic.device))
+        if failing is None or self.clock() >= failing.retry_at:
+            return False
+        failing.to_us = item.frame.capture_ts_us + item.frame.duration_us
+        failing.frames += 1
+        return True
+
+    def _resumed(self, mic: MicrophoneConfig) -> None:
+        """Writing works again: the stretch becomes a gap, and the files that could not be
+        closed meanwhile are repaired, moved and indexed (as after a crash)."""
+        key = (mic.agent, mic.device)
+        failing = self._failing.pop(key, None)
+        if failing is None:
+            return
+        log.warning("audio writes work again device=%s/%s", *key)
+        reason = f"audio not written by the hub ({failing.reason}): {failing.frames} frames"
+        self.on_failed(mic, failing.from_us, failing.to_us, reason, failing.frames)
+        group = self._groups.get(key)
+        open_now = {f.path for f in group.files} if group is not None else set()
+        for seat in mic.seats:
+            for path in _leftover_wavs(incoming_dir(self.root, mic.track(seat))):
+                if path in open_now:
+                    continue
+                try:
+                    segment = _repair_and_move(self.root, mic, seat, path)
+                except OSError:
+                    log.exception("audio left unclosed not recovered path=%s", path)
+                    continue
+                if segment is not None:
+                    self.on_closed([segment])
 
     def _write(self, item: _Write) -> None:
         mic, frame = item.mic, item.frame
@@ -768,6 +853,10 @@ class _WavWriter:
             self.on_closed(closed)
 
     def _close_all(self) -> None:
+        for failing in self._failing.values():
+            reason = f"audio not written by the hub ({failing.reason}): {failing.frames} frames"
+            self.on_failed(failing.mic, failing.from_us, failing.to_us, reason, failing.frames)
+        self._failing.clear()
         for key in list(self._groups):
             try:
                 self._close(key)
