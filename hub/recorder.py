@@ -96,6 +96,11 @@ def video_agent_id(venue: str) -> str:
     return f"video-{venue}"[:64]
 
 
+#: a disk-full pause shorter than this between two segments is not a gap (segment boundaries
+#: of continuous recording match within milliseconds)
+DISK_FULL_GAP_MIN_MS = 250
+
+
 @dataclass
 class _Camera:
     """The recorder's runtime view of one camera."""
@@ -108,6 +113,9 @@ class _Camera:
     down_since_ms: int | None = None
     gap_id: int | None = None
     fault: str = ""
+    #: end of the last segment indexed, and where the hole of a "disk full" pause starts
+    last_end_ms: int | None = None
+    fault_from_ms: int | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_still: float = 0.0
     last_segment: Path | None = None
@@ -291,6 +299,8 @@ class Recorder:
             cam.index_lag_max_s = max(cam.index_lag_max_s, lag_s)
         if cam.fault == "disk full":
             self._set_fault(cam, "")
+            self._spawn(self._disk_full_gap(cam, record.start_ms))
+        cam.last_end_ms = max(cam.last_end_ms or 0, record.end_ms)
         cam.last_segment = dest
         if self._wants_still(cam):
             cam.last_still = time.monotonic()
@@ -352,6 +362,8 @@ class Recorder:
     def _set_fault(self, cam: _Camera, reason: str) -> None:
         if cam.fault == reason:
             return
+        if reason == "disk full":
+            cam.fault_from_ms = cam.last_end_ms
         cam.fault = reason
         self.live.update(cam.config.id, state="fault" if reason else "online")
         self._report_state(cam, reason)
@@ -361,6 +373,24 @@ class Recorder:
             self._spawn(self._alert(key, message, Severity.CRITICAL))
         elif self.alerts is not None:
             self._spawn(self.alerts.clear(key))
+
+    async def _disk_full_gap(self, cam: _Camera, resumed_ms: int) -> None:
+        """The stretch a full disk kept from being recorded is a gap: from the end of the last
+        segment before the pause to the first one after it (the first full chaos run found
+        11-14 s holes without a gap record)."""
+        from_ms, cam.fault_from_ms = cam.fault_from_ms, None
+        if from_ms is None or resumed_ms - from_ms < DISK_FULL_GAP_MIN_MS:
+            return
+        try:
+            gap = await self.index.open_gap(
+                camera=cam.config.id,
+                venue=cam.config.venue,
+                from_ms=from_ms,
+                reason="磁盘已满，未录制 / not recorded: disk full",
+            )
+            await self.index.close_gap(gap.id, resumed_ms)
+        except Exception:
+            log.exception("disk-full gap not recorded camera=%s", cam.config.id)
 
     async def _alert(self, key: str, message: str, severity: Severity = Severity.WARNING) -> None:
         if self.alerts is not None:
