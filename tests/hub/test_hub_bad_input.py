@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 from hub_harness import AgentFactory, HubFactory, wait_until
 
@@ -95,7 +96,12 @@ async def test_audio_frames_reach_listeners_and_keep_the_device_alive(
     assert kiosk is not None
     before = kiosk.last_seen_ms
 
-    frame = AudioFrame(seq=7, capture_ts_us=1, sample_rate=16000, channels=2, pcm=b"\x01\x00" * 640)
+    # stamped now: a frame stamped far behind the agent's birth reads as a clock stepped back
+    # (hub/clock_skew.py) and is filed at its arrival time
+    now_us = int(time.time() * 1_000_000)
+    frame = AudioFrame(
+        seq=7, capture_ts_us=now_us, sample_rate=16000, channels=2, pcm=b"\x01\x00" * 640
+    )
     await agent.publish(f"{BASE}/kiosk-1/audio", encode_frame(frame))
     await wait_until(lambda: len(frames) == 1, what="audio frame")
     assert frames[0].frame == frame
