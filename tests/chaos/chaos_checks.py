@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_court import REPO, ChaosCourt, SentTelemetry
+from chaos_court import CAMERA_FPS, REPO, ChaosCourt, SentTelemetry
 
 from device_drivers.kiosk_messages import TicketRequest
 
@@ -46,8 +46,12 @@ from device_drivers.kiosk_messages import TicketRequest
 VIDEO_HOLE_TOLERANCE_MS = 1500
 #: a point or segment stamped further ahead of the hub's clock is filed in the future
 FUTURE_TOLERANCE_MS = 60_000
-#: segments of one track overlapping by more than this were filed on top of each other
-OVERLAP_TOLERANCE_MS = 100
+#: segments of one track overlapping by more than this were filed on top of each other. One
+#: frame of a camera: a stream-copy segment's end is its last packet's time plus one frame, and
+#: the simulated cameras stamp frames with their wall clock, which jitters under load (the first
+#: full run saw 175-200 ms overlaps at 5 fps, about every 20th segment; a 150 s run of ffmpeg's
+#: segment list on an idle machine had none)
+OVERLAP_TOLERANCE_MS = int(1000 / CAMERA_FPS) + 10
 #: how close a skewed agent's point must be filed to its stamp minus the clock offset (the
 #: hub's estimate is off by a transit delay, up to ~0.5 s on a busy 2-core machine)
 SKEW_MATCH_MS = 1500

@@ -55,6 +55,8 @@ from simulators.scenario import CourtScenario, FaultAction, VenueSpec, scenario_
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
+#: the simulated cameras' frame rate (small, so a 2-core machine runs the whole court)
+CAMERA_FPS = 5.0
 
 
 def _load_vm_class() -> Any:
@@ -105,7 +107,7 @@ def chaos_scenario(full: bool) -> CourtScenario:
 
     Small frames and rates keep a 2-core machine able to run hub, agents and simulators at once.
     """
-    cam = {"width": 320, "height": 180, "fps": 5.0}
+    cam = {"width": 320, "height": 180, "fps": CAMERA_FPS}
     court_cameras = [{"id": "court-1-cam-1", "codec": "mjpeg", **cam}]
     venues: list[dict[str, Any]] = [
         {
