@@ -89,6 +89,8 @@ class _Run:
 
     started: float = field(default_factory=time.monotonic)
     t0_ms: int | None = None
+    #: t0 is settled once the run's first segment is handed over (see ``_on_progress``)
+    t0_fixed: bool = False
     frames: int = 0
     last_progress: float = field(default_factory=time.monotonic)
     listed: set[str] = field(default_factory=set)
@@ -205,8 +207,14 @@ class CopyWorker:
         if frames <= run.frames:
             return
         wall = now_ms()
-        if run.t0_ms is None:
-            run.t0_ms = wall - max(out_us, 0) // 1000
+        if not run.t0_fixed:
+            # a frame is written after it was captured, so every report's wall - out_time is
+            # the stream's zero plus the lag at that moment: the least of them is the best
+            # estimate. The first report alone was ~2.6 s late (ffmpeg probes 2 s of a live
+            # stream before writing; the chaos suite found segments indexed 2.6 s late,
+            # overlapping the crash-recovered one stamped by its file's mtime)
+            t0 = wall - max(out_us, 0) // 1000
+            run.t0_ms = t0 if run.t0_ms is None else min(run.t0_ms, t0)
         self.stats.frames_received += frames - run.frames
         self.stats.frames_written += frames - run.frames
         run.frames = frames
@@ -256,6 +264,7 @@ class CopyWorker:
             return
         frames = await asyncio.to_thread(self._count_frames, path)
         if start_s is not None and end_s is not None and run.t0_ms is not None:
+            run.t0_fixed = True  # one origin for every segment of the run: contiguous times
             start_ms = run.t0_ms + int(start_s * 1000)
             end_ms = run.t0_ms + int(end_s * 1000)
         else:
