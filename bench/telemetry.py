@@ -570,6 +570,10 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
         "p99_ms": _pct(busy, 0.99),
         "max_ms": round(max(busy), 1) if busy else None,
         "mean_ms": round(statistics.fmean(busy), 1) if busy else None,
+        # the hub's own view (hub/loop_monitor.py, last 60 s): how late its loop ran what was
+        # due. A slow API beside a prompt loop is time spent outside the hub's loop (CPUs)
+        "hub_loop_lag_p99_ms": hub_stats.get("loop_lag_p99_ms"),
+        "hub_loop_lag_max_ms": hub_stats.get("loop_lag_max_ms"),
     }
     return out
 
@@ -649,7 +653,8 @@ def table(result: dict[str, Any]) -> str:
             "API during the run",
             f"p50 {api.get('p50_ms', '-')} ms, p99 {api.get('p99_ms', '-')} ms",
             f"{api.get('requests', '-')} requests, {api.get('failures', '-')} failed, "
-            f"idle p50 {api.get('idle_p50_ms', '-')} ms",
+            f"idle p50 {api.get('idle_p50_ms', '-')} ms; hub loop lag p99 "
+            f"{api.get('hub_loop_lag_p99_ms', '-')} ms, max {api.get('hub_loop_lag_max_ms', '-')} ms",
         )
     )
     rows.append(

@@ -101,6 +101,10 @@ class BrokerSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: mode "own": the private Mosquitto listens with TLS (mqtts) using data_dir/tls/, whose
     #: local CA and server certificate ``courthub provision tls`` creates (or the first start)
     tls: bool = False
+    #: the hub's MQTT connection runs in a child process (hub/mqtt_process.py), so paho's work
+    #: during a telemetry flood does not hold the web console's interpreter lock; false keeps it
+    #: in a thread of the hub (one process fewer, the console slower under load)
+    network_process: bool = True
 
 
 class ApiSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,6 +1,13 @@
 """MQTT ingest: everything agents publish, validated at the door, handed to the loop in batches.
 
-Threading (the hot path must keep the event loop free):
+Two modes. The hub's (``network_process=True``, ``[broker] network_process``): the connection
+runs in a child process (:mod:`hub.mqtt_process`), which hands over raw messages in batches;
+topic parsing, validation and dispatch run on the loop in the same budgeted ticks as below, and
+no thread of the hub competes with the loop for the interpreter lock (during a telemetry flood
+that competition, not the loop's own work, made the web console slow). The thread mode below is
+kept for scale-out ingest workers and ``network_process = false``.
+
+Threading (thread mode; the hot path must keep the event loop free):
 
 - paho's network thread runs :meth:`Ingest._on_message`: topic parse, direction check, JSON or
   audio decoding — all of it there. A rejection raises :class:`protocol.errors.BadMessage`,
@@ -36,13 +43,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from hub.bad_messages import BadMessageCounter
+from hub.mqtt_process import MqttProcess, RawMessage, hub_offline_will
 from protocol.audio import AudioFrame, decode_frame
 from protocol.errors import BadMessage, BadReason
 from protocol.messages import HubState, Message, Rebirth, decode, encode, now_ms
-from protocol.mqtt_link import BrokerUrl, MqttLink, NotConnected, Subscription, Will
+from protocol.mqtt_link import BrokerUrl, MqttLink, NotConnected, Subscription
 from protocol.topics import AGENT_TO_HUB, BASE, Topic, TopicKind, build, parse
 
 log = logging.getLogger(__name__)
@@ -116,10 +124,13 @@ class Ingest:
         subscriptions: Sequence[Subscription] | None = None,
         announce: bool = True,
         persistent_session: bool = True,
+        network_process: bool = False,
     ) -> None:
         """``subscriptions`` (default: :data:`HUB_FILTER`), ``announce`` (publish ``hub/state``
         and set it as the will) and ``persistent_session`` exist for scale-out ingest workers
         (:mod:`hub.ingest_worker`), which take a share of the topics and never speak for the hub.
+        ``network_process``: the connection runs in a child process (:mod:`hub.mqtt_process`)
+        and topic parsing and validation on the loop instead of paho's thread (the hub's mode).
         """
         self._announce = announce
         self._handler = handler
@@ -130,7 +141,8 @@ class Ingest:
         self.tick_budget_s = tick_budget_s
         self.max_pending = max_pending
         self.counters = IngestCounters()
-        self._queue: deque[Item] = deque()
+        #: Items (thread mode) or RawMessages (process mode), consumed by ``self._consume``
+        self._queue: deque[Any] = deque()
         self._lock = threading.Lock()
         self._scheduled = False
         self._room = threading.Event()
@@ -141,37 +153,46 @@ class Ingest:
         #: device publishes on the same few topics all day, and parse + two id regexes were
         #: ~10 % of the network thread's time per message.
         self._topics: dict[str, Topic] = {}
-        self.link = MqttLink(
-            url,
-            client_id=client_id,
-            username=username,
-            password=password,
-            subscriptions=(
-                [Subscription(HUB_FILTER, qos=1, no_local=True)]
-                if subscriptions is None
-                else subscriptions
-            ),
-            on_message=self._on_message,
-            on_connect=self._on_connected,
-            will_factory=(
-                (
-                    lambda: Will(
-                        HUB_STATE_TOPIC,
-                        encode(HubState(online=False, ts=now_ms())),
-                        qos=1,
-                        retain=True,
-                    )
-                )
-                if announce
-                else None
-            ),
-            persistent_session=persistent_session,
+        self._room_async: asyncio.Event | None = None
+        subs = (
+            [Subscription(HUB_FILTER, qos=1, no_local=True)]
+            if subscriptions is None
+            else list(subscriptions)
         )
+        self.link: MqttLink | MqttProcess
+        if network_process:
+            self._consume: Callable[[Any], None] = self._consume_raw
+            self.link = MqttProcess(
+                url,
+                client_id=client_id,
+                username=username,
+                password=password,
+                subscriptions=subs,
+                on_batch=self._on_batch,
+                on_connect=self._on_connected,
+                will_topic=HUB_STATE_TOPIC if announce else None,
+                persistent_session=persistent_session,
+            )
+        else:
+            self._consume = self._handle
+            self.link = MqttLink(
+                url,
+                client_id=client_id,
+                username=username,
+                password=password,
+                subscriptions=subs,
+                on_message=self._on_message,
+                on_connect=self._on_connected,
+                will_factory=(lambda: hub_offline_will(HUB_STATE_TOPIC)) if announce else None,
+                persistent_session=persistent_session,
+            )
 
     # lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start connecting (returns at once; see :meth:`MqttLink.wait_connected`)."""
         self._loop = asyncio.get_running_loop()
+        self._room_async = asyncio.Event()
+        self._room_async.set()
         self._stopping.clear()
         await self.link.start()
 
@@ -190,6 +211,8 @@ class Ingest:
                 log.warning("hub offline state not confirmed by the broker: %s", exc)
         self._stopping.set()
         self._room.set()  # release a network thread waiting for room
+        if self._room_async is not None:
+            self._room_async.set()
         await self.link.stop()
         self._drain_all()
 
@@ -220,6 +243,12 @@ class Ingest:
 
     # network thread -----------------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        item = self._receive(topic, payload, retained)
+        if item is not None:
+            self._enqueue(item)
+
+    def _receive(self, topic: str, payload: bytes, retained: bool) -> Item | None:
+        """Count, parse and validate one message (paho's thread, or the loop in process mode)."""
         counters = self.counters
         counters.messages_in += 1
         if retained:
@@ -229,11 +258,9 @@ class Ingest:
         except BadMessage as exc:
             agent, device = self.bad.record(topic, exc)
             item = Rejected(agent, device, exc.reason)
-        if item is None:
-            return
         if isinstance(item, Inbound):
             counters.accepted += 1
-        self._enqueue(item)
+        return item
 
     def _decode(self, topic: str, payload: bytes, retained: bool) -> Inbound | None:
         parsed = self._topics.get(topic)
@@ -279,6 +306,25 @@ class Ingest:
             pass
 
     # event loop ---------------------------------------------------------------------------------
+    async def _on_batch(self, batch: list[RawMessage]) -> None:
+        """Process mode: raw messages from the child, queued for the drain in arrival order."""
+        self._queue.extend(batch)
+        if not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
+        room = self._room_async
+        if room is not None and len(self._queue) >= self.max_pending:
+            # backpressure: stop reading the child's pipe; its buffer fills and paho waits
+            self.counters.backpressure_waits += 1
+            room.clear()
+            await room.wait()
+
+    def _consume_raw(self, raw: RawMessage) -> None:
+        item = self._receive(*raw)
+        if item is not None:
+            self._handle(item)
+
     def _drain_soon(self) -> None:
         if self.coalesce_s > 0:
             assert self._loop is not None
@@ -289,16 +335,19 @@ class Ingest:
     def _drain(self) -> None:
         self.counters.batches += 1
         deadline = time.perf_counter() + self.tick_budget_s
+        consume = self._consume
         for i in range(self.batch_size):
             try:
                 item = self._queue.popleft()
             except IndexError:
                 break
-            self._handle(item)
+            consume(item)
             if i % 16 == 15 and time.perf_counter() > deadline:
                 break
         if len(self._queue) < self.max_pending // 2:
             self._room.set()
+            if self._room_async is not None:
+                self._room_async.set()
         with self._lock:
             if not self._queue:
                 self._scheduled = False
@@ -308,7 +357,7 @@ class Ingest:
 
     def _drain_all(self) -> None:
         while self._queue:
-            self._handle(self._queue.popleft())
+            self._consume(self._queue.popleft())
 
     def _handle(self, item: Item) -> None:
         try:

@@ -38,6 +38,8 @@ from hub.commands import CommandOutcome, CommandRouter
 from hub.config import HubConfig
 from hub.health import HealthMonitor
 from hub.ingest import Inbound, Ingest, Item, RebirthRequester, Rejected
+from hub.loop_monitor import LoopMonitor
+from hub.mqtt_process import MqttProcess
 from hub.registry import (
     AudioReceived,
     EventReceived,
@@ -103,12 +105,14 @@ class HubService:
             handler=self._dispatch,
             bad=self.bad,
             client_id=client_id or config.broker.client_id,
+            network_process=config.broker.network_process,
         )
         self.rebirths = RebirthRequester(
             lambda topic, payload: self.ingest.link.publish(topic, payload, qos=1),
             min_interval_s=health.rebirth_min_interval_s,
         )
         self.clock_skew = ClockSkew()
+        self.loop_monitor = LoopMonitor()
         self.commands = CommandRouter(
             self.registry, self.ingest.publish_acked, clock_offset=self.clock_skew.correction_ms
         )
@@ -140,6 +144,7 @@ class HubService:
         self._tasks = [
             asyncio.create_task(self._sweep_forever(), name="hub-sweeper"),
             asyncio.create_task(self.flusher.run(), name="hub-store-flusher"),
+            asyncio.create_task(self.loop_monitor.run(), name="hub-loop-monitor"),
         ]
         self._started = True
 
@@ -278,6 +283,17 @@ class HubService:
             "ingest_pending": self.ingest.pending,
             "store_flushes": self.flusher.flushes,
             "store_failures": self.flusher.failures,
+            **self.loop_monitor.stats(),
+            **self._link_stats(),
+        }
+
+    def _link_stats(self) -> dict[str, float]:
+        link = self.ingest.link
+        if not isinstance(link, MqttProcess):
+            return {}
+        return {
+            "mqtt_process_up": float(link.process_up),
+            "mqtt_process_restarts": float(link.restarts),
         }
 
     # dispatch (on the loop, one validated message at a time) -----------------------------------

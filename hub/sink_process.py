@@ -55,6 +55,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from hub.pipe_frames import frame, read_frame, stdin_reader
 from hub.telemetry_config import EmbeddedSection, InfluxSection
 from hub.telemetry_points import Point, TelemetrySink
 
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 SinkKind = Literal["embedded", "influxdb"]
 
-_HEADER: Final = struct.Struct("<IB")
 _FLUSH_ID: Final = struct.Struct("<I")
 #: points per frame at most. A batch leaves in the loop iteration after its first point: the
 #: hub's ingest drains messages in ticks of ~2 ms, so a frame carries a tick's worth (cheap), and
@@ -106,7 +106,7 @@ class _Child:
         return self.proc.returncode is None and not self.stdin.is_closing()
 
     def send(self, kind: bytes, payload: bytes) -> None:
-        self.stdin.write(_HEADER.pack(len(payload), kind[0]) + payload)
+        self.stdin.write(frame(kind, payload))
 
 
 class SinkProcess:
@@ -428,12 +428,7 @@ class _ChildSide:
             pass
 
     async def _frame(self) -> tuple[bytes, bytes] | None:
-        try:
-            head = await self._reader.readexactly(_HEADER.size)
-            length, kind = _HEADER.unpack(head)
-            return bytes([kind]), await self._reader.readexactly(length)
-        except asyncio.IncompleteReadError:
-            return None
+        return await read_frame(self._reader)
 
     async def run(self) -> int:
         first = await self._frame()
@@ -485,10 +480,7 @@ class _ChildSide:
 
 
 async def _child_main() -> int:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    return await _ChildSide(reader).run()
+    return await _ChildSide(await stdin_reader()).run()
 
 
 def main(argv: list[str] | None = None) -> int:
