@@ -29,6 +29,7 @@ from protocol.topics import TopicKind
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "courthub/v1/agent-a/kiosk-1/telemetry"
+PROBE = "courthub/v1/agent-b/probe/telemetry"
 
 ProcessFactory = Callable[..., Awaitable[tuple[MqttProcess, list[RawMessage]]]]
 
@@ -58,6 +59,7 @@ async def make_process(broker: MosquittoBroker) -> AsyncIterator[ProcessFactory]
         await proc.start()
         started.append(proc)
         assert await proc.wait_connected(15), "the MQTT process did not connect"
+        await _until_subscribed(broker, lambda: any(t == PROBE for t, _p, _r in got))
         return proc, got
 
     yield make
@@ -72,6 +74,21 @@ async def agent(broker: MosquittoBroker) -> AsyncIterator[MqttLink]:
     assert await link.wait_connected(5)
     yield link
     await link.stop()
+
+
+async def _until_subscribed(broker: MosquittoBroker, seen: Callable[[], bool]) -> None:
+    """Publish probes until one arrives: "connected" is the CONNACK, and the broker may route a
+    message published a moment later before it has processed the SUBSCRIBE that follows it."""
+    prober = MqttLink(broker.url, client_id="prober", username="agent-b", password="pw-agent-b")
+    await prober.start()
+    try:
+        assert await prober.wait_connected(5)
+        async with asyncio.timeout(30):
+            while not seen():
+                await prober.publish_acked(PROBE, b"{}", qos=1)
+                await asyncio.sleep(0.1)
+    finally:
+        await prober.stop()
 
 
 def _payloads(got: list[RawMessage]) -> list[int]:
@@ -94,9 +111,12 @@ async def test_every_message_arrives_in_order_and_own_publishes_do_not_come_back
     await listener.start()
     assert await listener.wait_connected(5)
     try:
-        # the hub's own publish, acknowledged by the broker, reaches the agent...
-        await proc.publish_acked("courthub/v1/agent-a/rebirth", b'{"ts":1,"reason":"test"}')
-        await wait_until(lambda: seen_by_agent, what="the agent got the hub's publish")
+        # the hub's own publish, acknowledged by the broker, reaches the agent (again until
+        # the listener's subscription is in place)...
+        async with asyncio.timeout(30):
+            while not seen_by_agent:
+                await proc.publish_acked("courthub/v1/agent-a/rebirth", b'{"ts":1,"reason":"t"}')
+                await asyncio.sleep(0.1)
         for i in range(3000):
             agent.publish(TOPIC, str(i).encode(), qos=1)
         await wait_until(lambda: len(_payloads(got)) >= 3000, timeout=60, what="3000 messages")
@@ -159,7 +179,8 @@ HUB_SCRIPT = textwrap.dedent(
 
     async def main() -> None:
         async def on_batch(batch):
-            pass
+            if any(t.endswith("/probe/telemetry") for t, _p, _r in batch):
+                print("subscribed", flush=True)
         proc = MqttProcess(
             BrokerUrl.parse(sys.argv[1]), client_id="courthub-hub", username="hub",
             password="pw-hub", subscriptions=[Subscription(HUB_FILTER, qos=1, no_local=True)],
@@ -195,6 +216,16 @@ async def test_a_hub_killed_leaves_its_will_and_its_session(
         line = (await asyncio.wait_for(hub.stdout.readline(), 30)).decode()
         assert line.startswith("connected"), line
         child_pid = int(line.split()[1])
+        probed = asyncio.Event()
+
+        async def read_probe() -> None:
+            assert hub.stdout is not None
+            if (await hub.stdout.readline()).startswith(b"subscribed"):
+                probed.set()
+
+        reader = asyncio.create_task(read_probe())
+        await _until_subscribed(broker, probed.is_set)
+        await reader
         await watcher.start()
         assert await watcher.wait_connected(5)
         hub.kill()  # kill -9 of the hub: its child sees the pipe end
