@@ -514,6 +514,14 @@ async def test_a_full_disk_is_one_gap_and_nothing_is_left_unindexed(tmp_path: Pa
                 f.flush()
         feed(rec, frames[20:70])  # 1 s the hub cannot write
         await wait_for(lambda: rec.summary()["write_errors"] > 0)
+
+        def held_through(ms: int) -> bool:
+            # the writer thread has taken the frames up to ``ms`` (failed or held); advancing
+            # the clock before would let it write the rest on a disk with space again
+            failing = rec._writer._failing.get((MIC.agent, MIC.device))
+            return failing is not None and failing.to_us >= T0_US + ms * 1000
+
+        await wait_for(lambda: held_through(1200))
         ballast.unlink()  # space is back
         clock.now += 2.0  # past the retry time
         feed(rec, frames[70:])
