@@ -558,7 +558,9 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
         # processes) per point, and each sink process's
         "cpu_us_per_point": round(used["hub"] / total * 1e6, 1),
         "sink_process_us_per_point": {
-            k: round(v / total * 1e6, 1) for k, v in used.items() if k.startswith("sink ")
+            k: round(v / total * 1e6, 1)
+            for k, v in used.items()
+            if k.startswith(("sink ", "mqtt "))
         },
     }
     out["api"] = {
@@ -579,7 +581,8 @@ async def _measure(options: TelemetryBenchOptions, setup: _Setup) -> dict[str, A
 
 
 def _sink_processes(hub_pid: int | None) -> dict[str, int | None]:
-    """The hub's sink children (hub/sink_process.py), ``"sink <name>"`` → pid."""
+    """The hub's sink children (hub/sink_process.py), ``"sink <name>"`` → pid, and its MQTT
+    connection's (hub/mqtt_process.py), ``"mqtt process"``."""
     found: dict[str, int | None] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -587,8 +590,12 @@ def _sink_processes(hub_pid: int | None) -> dict[str, int | None]:
             argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == hub_pid and b"hub.sink_process" in argv and b"--sink" in argv:
+        if ppid != hub_pid:
+            continue
+        if b"hub.sink_process" in argv and b"--sink" in argv:
             found[f"sink {argv[argv.index(b'--sink') + 1].decode()}"] = int(stat.parent.name)
+        elif b"hub.mqtt_process" in argv:
+            found["mqtt process"] = int(stat.parent.name)
     return found
 
 
