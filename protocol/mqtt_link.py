@@ -283,7 +283,13 @@ class MqttLink:
         self._connected_async: asyncio.Event | None = None
         self._acks_lock = threading.Lock()
         self._ack_waiters: dict[int, tuple[asyncio.Future[None], str]] = {}
+        # Acks that came while a publish_acked was between paho's publish() and registering its
+        # waiter (the PUBACK can beat publish()'s return). Kept only during that window: the
+        # acks of plain QoS 1 publish() calls (command results, states), which nobody waits
+        # for, used to pile up here until a 10,000-entry reset, ~1.2 kB each (paho's
+        # ReasonCode copies its names table): the hall agent's +12 MB/h in the soak test.
         self._early_acks: dict[int, ReasonCode] = {}
+        self._registering = 0  # publish_acked calls inside that window (under _acks_lock)
         self._stopping = False
         self.connects = 0
         self.disconnects = 0
@@ -387,14 +393,33 @@ class MqttLink:
             return
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        mid = self.publish(topic, payload, qos, retain)
+        # paho calls on_publish holding its own message lock, which publish() takes too, so
+        # our lock cannot span publish(): an ack arriving before the waiter is registered is
+        # kept aside, but only while some publish_acked is inside this window.
+        with self._acks_lock:
+            self._registering += 1
+        try:
+            mid = self.publish(topic, payload, qos, retain)
+        except BaseException:
+            with self._acks_lock:
+                self._leave_window()
+            raise
         with self._acks_lock:
             early = self._early_acks.pop(mid, None)
             if early is None:
                 self._ack_waiters[mid] = (future, topic)
+            self._leave_window()
         if early is not None:
             self._settle(future, topic, early)
         await future
+
+    def _leave_window(self) -> None:
+        """A publish_acked registered its waiter (or failed to publish); ``_acks_lock`` held."""
+        self._registering -= 1
+        if not self._registering:
+            # Whatever else was kept acknowledged a plain publish() nobody waits for: forget
+            # it, or a later publish_acked reusing its mid (ids wrap at 65535) would take it.
+            self._early_acks.clear()
 
     # paho callbacks (network thread) ------------------------------------------------------
     def _apply_will(self) -> None:
@@ -420,8 +445,6 @@ class MqttLink:
             )
             return
         self.connects += 1
-        with self._acks_lock:
-            self._early_acks.clear()
         self._subscribe_all()
         self._connected.set()
         log.info("mqtt connected client=%s broker=%s", self.client_id, self.url)
@@ -465,10 +488,9 @@ class MqttLink:
         with self._acks_lock:
             waiter = self._ack_waiters.pop(mid, None)
             if waiter is None:
-                self._early_acks[mid] = rc
-                if len(self._early_acks) > 10_000:  # acks nobody waits for (plain publish())
-                    self._early_acks.clear()
-                return
+                if self._registering:  # maybe the ack of the publish_acked in its window
+                    self._early_acks[mid] = rc
+                return  # else a plain publish(): nobody waits for it
         future, topic = waiter
         self._to_loop(self._settle, future, topic, rc)
 
