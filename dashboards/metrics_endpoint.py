@@ -11,6 +11,8 @@ built per app — nothing global, no counters duplicated beside the hub's own):
 | ``duplicates_total``, ``lost_total``, ``ingest_pending``, |                                     |
 | ``store_flush_failures_total``, ``outbox_replayed_total``, |                                    |
 | ``commands_sent_total``, ``commands_expired_total``, …   |                                      |
+| ``loop_lag_seconds{quantile}``, ``loop_stalls_total``,   | :class:`hub.loop_monitor.LoopMonitor` |
+| ``mqtt_process_up``, ``mqtt_process_restarts_total``     | :class:`hub.mqtt_process.MqttProcess` |
 | ``agents``/``devices{state}``                            | the registry                         |
 | ``agent_clock_offset_seconds{agent}``, ``agent_clock_steps_total{agent}``, | :class:`hub.clock_skew.ClockSkew` |
 | ``agent_clock_corrected_total{agent}``                   |                                      |
@@ -234,6 +236,7 @@ class HubCollector(Collector):
             "ingest_pending", "Validated messages waiting for the loop", stats["ingest_pending"]
         )
         yield _gauge("commands_pending", "Commands waiting for a result", service.commands.pending)
+        yield from _loop_and_link(stats)
         agents = GaugeMetricFamily(PREFIX + "agents", "Edge agents known", labels=["online"])
         agents.add_metric(["true"], float(stats["agents_online"]))
         agents.add_metric(["false"], float(stats["agents_total"] - stats["agents_online"]))
@@ -533,3 +536,35 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 ROUTES: Final[tuple[Route, ...]] = (Route("GET", METRICS_PATH, metrics, SCRAPERS),)
+
+
+def _loop_and_link(stats: dict[str, Any]) -> Iterator[Metric]:
+    """The loop's lateness (hub/loop_monitor.py) and the MQTT process (hub/mqtt_process.py)."""
+    lag = GaugeMetricFamily(
+        PREFIX + "loop_lag_seconds",
+        "How late the hub's event loop ran what was due, over the last minute",
+        labels=["quantile"],
+    )
+    for label, key in (
+        ("0.5", "loop_lag_p50_ms"),
+        ("0.99", "loop_lag_p99_ms"),
+        ("1", "loop_lag_max_ms"),
+    ):
+        lag.add_metric([label], float(stats.get(key, 0.0)) / 1000)
+    yield lag
+    yield CounterMetricFamily(
+        PREFIX + "loop_stalls",
+        "Times the hub's loop ran 250 ms or more late",
+        value=float(stats.get("loop_stalls", 0.0)),
+    )
+    if "mqtt_process_up" in stats:
+        yield _gauge(
+            "mqtt_process_up",
+            "1 while the hub's MQTT connection process runs",
+            stats["mqtt_process_up"],
+        )
+        yield CounterMetricFamily(
+            PREFIX + "mqtt_process_restarts",
+            "Times the hub's MQTT connection process died and was started again",
+            value=float(stats["mqtt_process_restarts"]),
+        )

@@ -244,6 +244,11 @@ async def test_the_text_parses_and_carries_every_source(rig: Rig) -> None:
     assert value(samples, "courthub_ingest_pending") == 0.0
     assert value(samples, "courthub_store_flush_failures_total") == 0.0
     assert value(samples, "courthub_devices", state="online") == 0.0
+    # the loop's lateness and the MQTT connection's process
+    assert value(samples, "courthub_loop_lag_seconds", quantile="0.99") is not None
+    assert value(samples, "courthub_loop_stalls_total") is not None
+    assert value(samples, "courthub_mqtt_process_up") == 1.0
+    assert value(samples, "courthub_mqtt_process_restarts_total") == 0.0
     # the telemetry sink's own figures, labelled with its name
     assert value(samples, "courthub_telemetry_sink_spooled", sink="influxdb") == 1200.0
     assert value(samples, "courthub_telemetry_sink_queued", sink="influxdb") == 3.0
