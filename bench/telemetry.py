@@ -83,6 +83,9 @@ class TelemetryBenchOptions:
     #: which sinks the hub writes to: the issue's (a) embedded and (b) VictoriaMetrics are
     #: measured one at a time, and together
     sinks: tuple[str, ...] = _SINKS
+    #: the hub's MQTT connection in its own process (``[broker] network_process``), or in a
+    #: thread of the hub (for the A/B in docs/BENCHMARKS.md)
+    network_process: bool = True
 
 
 # processes --------------------------------------------------------------------------------------
@@ -366,7 +369,11 @@ async def _follow_sinks(
 
 
 def _hub_toml(
-    work: Path, broker: MosquittoBroker, vm: _VictoriaMetrics, sinks: tuple[str, ...] = _SINKS
+    work: Path,
+    broker: MosquittoBroker,
+    vm: _VictoriaMetrics,
+    sinks: tuple[str, ...] = _SINKS,
+    network_process: bool = True,
 ) -> Path:
     (work / "hub-password").write_text(HUB_PASSWORD + "\n")
     config = {
@@ -376,6 +383,7 @@ def _hub_toml(
             "url": f"mqtt://127.0.0.1:{broker.port}",
             "username": "hub",
             "password_file": str(work / "hub-password"),
+            "network_process": network_process,
         },
         "api": {"port": 0},
         # device points only (the hub's own samples would be counted as stored points)
@@ -464,7 +472,9 @@ async def run_telemetry_bench(options: TelemetryBenchOptions) -> dict[str, Any]:
         await asyncio.to_thread(broker.start)
         await vm.start()
         result["ceiling"] = await _ceiling(broker, passwords, lines)
-        hub, api, token = await _start_hub(work, _hub_toml(work, broker, vm, options.sinks))
+        hub, api, token = await _start_hub(
+            work, _hub_toml(work, broker, vm, options.sinks, options.network_process)
+        )
         headers = {"Authorization": f"Bearer {token}"}
         await _births(broker, passwords, msgspec.json.decode(lines[0], type=Telemetry).ts - 1)
         await _devices_known(api, headers, options.devices)
@@ -697,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="the hub writes to both sinks, or to one (the issue's (a) and (b))",
     )
+    parser.add_argument(
+        "--thread-ingest",
+        action="store_true",
+        help="the hub's MQTT connection in a thread of the hub ([broker] network_process = false)",
+    )
     args = parser.parse_args(argv)
     # force: under `courthub bench telemetry` the CLI has configured INFO logging already
     logging.basicConfig(
@@ -711,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_hz=args.poll_hz,
         timeout_s=args.timeout,
         sinks=_SINKS if args.sinks == "both" else (args.sinks,),
+        network_process=not args.thread_ingest,
     )
     result = asyncio.run(run_telemetry_bench(options))
     print(table(result), flush=True)
