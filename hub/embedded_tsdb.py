@@ -116,6 +116,16 @@ CREATE TEMP TABLE IF NOT EXISTS batch (
     value REAL NOT NULL,
     PRIMARY KEY (series_id, field_id, ts_ms)
 ) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS minutes (
+    series_id INTEGER NOT NULL,
+    field_id INTEGER NOT NULL,
+    minute_ms INTEGER NOT NULL,
+    sum REAL NOT NULL,
+    count INTEGER NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    PRIMARY KEY (series_id, field_id, minute_ms)
+) WITHOUT ROWID;
 """
 
 _DROP_KNOWN = """
@@ -124,18 +134,14 @@ DELETE FROM batch WHERE EXISTS (
     WHERE r.series_id = batch.series_id AND r.field_id = batch.field_id AND r.ts_ms = batch.ts_ms)
 """
 _NEW_MINUTES = """
-SELECT count(*) FROM (
-    SELECT DISTINCT series_id, field_id, ts_ms - ts_ms % 60000 AS m FROM batch) g
+SELECT count(*) FROM minutes g
 WHERE NOT EXISTS (
     SELECT 1 FROM rollup r
-    WHERE r.series_id = g.series_id AND r.field_id = g.field_id AND r.minute_ms = g.m)
+    WHERE r.series_id = g.series_id AND r.field_id = g.field_id AND r.minute_ms = g.minute_ms)
 """
 # ``WHERE true``: SQLite's upsert-after-SELECT parsing ambiguity
 _ROLL_UP = """
-INSERT INTO rollup
-SELECT series_id, field_id, ts_ms - ts_ms % 60000 AS m, sum(value), count(*), min(value),
-       max(value)
-FROM batch WHERE true GROUP BY series_id, field_id, m
+INSERT INTO rollup SELECT * FROM minutes WHERE true
 ON CONFLICT DO UPDATE SET
     sum = sum + excluded.sum, count = count + excluded.count,
     min = min(min, excluded.min), max = max(max, excluded.max)
@@ -143,6 +149,8 @@ ON CONFLICT DO UPDATE SET
 
 Row = tuple[int, int, int, float]
 _row_key = operator.itemgetter(0, 1, 2)
+#: (series, field, minute, sum, count, min, max): one chunk's share of a ``rollup`` row
+MinuteSum = tuple[int, int, int, float, int, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +178,10 @@ class _Pending:
     series: list[tuple[int, str, str, str, str, str]] = field(default_factory=list)
     series_keys: list[tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=list)
     fields: list[tuple[int, str]] = field(default_factory=list)
+    #: (series, field) pairs first seen (they go into ``series_field``)
+    pairs: list[tuple[int, int]] = field(default_factory=list)
+    #: the newest timestamp each pair will have in ``raw`` once the chunk is committed
+    latest: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -220,6 +232,11 @@ class EmbeddedStore:
         self._series_ids: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         self._series_by_text: dict[tuple[str, str], int] = {}
         self._field_ids: dict[str, int] = {}
+        #: (series, field) → newest ``ts_ms`` in ``raw`` (-1: none), looked up on first use;
+        #: an upper bound after a prune, which only sends a few more rows the careful way
+        self._latest: dict[tuple[int, int], int] = {}
+        #: the pairs in ``series_field``
+        self._pairs: set[tuple[int, int]] = set()
         self._next_series = 1
         self._next_field = 1
         # counters
@@ -508,6 +525,7 @@ class EmbeddedStore:
         for fid, name in db.execute("SELECT id, name FROM fields"):
             self._field_ids[name] = fid
             self._next_field = max(self._next_field, fid + 1)
+        self._pairs = {(int(s), int(f)) for s, f in db.execute("SELECT * FROM series_field")}
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self._raw_rows = int(meta["raw_rows"])
         self._rollup_rows = int(meta["rollup_rows"])
@@ -529,6 +547,9 @@ class EmbeddedStore:
         rows, skipped, too_old = self._rows(points, max(cutoff, 0), pending)
         if not rows and not pending.series and not pending.fields:
             return _ChunkResult(ok=True, skipped=skipped, too_old=too_old)
+        # in key order: B-tree appends instead of random inserts, and runs per (series, field)
+        # for the split and the minute sums (a stable sort, so the first of two duplicates wins)
+        rows.sort(key=_row_key)
         db = self._conn()
         try:
             db.execute("BEGIN")
@@ -536,23 +557,18 @@ class EmbeddedStore:
                 db.executemany("INSERT INTO series VALUES (?,?,?,?,?,?)", pending.series)
             if pending.fields:
                 db.executemany("INSERT INTO fields VALUES (?,?)", pending.fields)
-            # in key order: B-tree appends instead of random inserts (a stable sort, so the
-            # first of two duplicates still wins)
-            rows.sort(key=_row_key)
-            kept = (
-                db.executemany("INSERT OR IGNORE INTO batch VALUES (?,?,?,?)", rows).rowcount
-                if rows
-                else 0
-            )
-            known = db.execute(_DROP_KNOWN).rowcount
-            db.execute(
-                "INSERT OR IGNORE INTO series_field "
-                "SELECT DISTINCT series_id, field_id FROM batch WHERE true"
-            )
+            fresh, maybe, in_chunk_dups = self._split(db, rows, pending)
+            known = 0
+            if maybe:
+                fresh, known = self._drop_known(db, fresh, maybe)
+            if pending.pairs:
+                db.executemany("INSERT OR IGNORE INTO series_field VALUES (?,?)", pending.pairs)
+            db.executemany("INSERT INTO raw VALUES (?,?,?,?)", fresh)
+            db.executemany("INSERT INTO minutes VALUES (?,?,?,?,?,?,?)", _minute_sums(fresh))
             new_minutes = int(db.execute(_NEW_MINUTES).fetchone()[0])
             db.execute(_ROLL_UP)
-            inserted = db.execute("INSERT INTO raw SELECT * FROM batch").rowcount
-            db.execute("DELETE FROM batch")
+            db.execute("DELETE FROM minutes")
+            inserted = len(fresh)
             db.execute("UPDATE meta SET value = value + ? WHERE key = 'raw_rows'", (inserted,))
             db.execute(
                 "UPDATE meta SET value = value + ? WHERE key = 'rollup_rows'", (new_minutes,)
@@ -572,6 +588,8 @@ class EmbeddedStore:
         if self._failing:
             self._failing = False
             log.info("telemetry writes recovered points=%d", len(points))
+        self._latest.update(pending.latest)
+        self._pairs.update(pending.pairs)
         self._raw_rows += inserted
         self._rollup_rows += new_minutes
         return _ChunkResult(
@@ -579,8 +597,72 @@ class EmbeddedStore:
             values=inserted,
             skipped=skipped,
             too_old=too_old,
-            duplicates=len(rows) - kept + known,
+            duplicates=in_chunk_dups + known,
         )
+
+    def _split(
+        self, db: sqlite3.Connection, rows: list[Row], pending: _Pending
+    ) -> tuple[list[Row], list[Row], int]:
+        """Sorted ``rows`` → (certainly new, perhaps stored already, duplicates within them).
+
+        A row newer than the newest stored for its (series, field) cannot be in ``raw``: that
+        is nearly every row of a live stream, and it goes straight in. Only late rows need the
+        set-based check against ``raw`` (:meth:`_drop_known`). Also notes, in ``pending``, the
+        pairs not yet in ``series_field`` and each pair's new newest time.
+        """
+        fresh: list[Row] = []
+        maybe: list[Row] = []
+        dups = 0
+        latest = self._latest
+        pairs = self._pairs
+        prev_ts = -1
+        pair: tuple[int, int] | None = None
+        newest = -1
+        for row in rows:
+            sid, fid, ts, _ = row
+            if (sid, fid) != pair:
+                if pair is not None and fresh and fresh[-1][0:2] == pair:
+                    pending.latest[pair] = fresh[-1][2]
+                pair = (sid, fid)
+                known_newest = latest.get(pair)
+                if known_newest is None:
+                    known_newest = latest[pair] = self._stored_newest(db, sid, fid)
+                newest = known_newest
+                if pair not in pairs:
+                    pending.pairs.append(pair)
+            elif ts == prev_ts:
+                dups += 1  # same (series, field, ts) as the row before: the first one counts
+                continue
+            prev_ts = ts
+            if ts > newest:
+                fresh.append(row)
+            else:
+                maybe.append(row)
+        if pair is not None and fresh and fresh[-1][0:2] == pair:
+            pending.latest[pair] = fresh[-1][2]
+        return fresh, maybe, dups
+
+    @staticmethod
+    def _stored_newest(db: sqlite3.Connection, sid: int, fid: int) -> int:
+        # the primary key's last entry for the pair: one B-tree descent
+        found = db.execute(
+            "SELECT max(ts_ms) FROM raw WHERE series_id = ? AND field_id = ?", (sid, fid)
+        ).fetchone()[0]
+        return -1 if found is None else int(found)
+
+    @staticmethod
+    def _drop_known(
+        db: sqlite3.Connection, fresh: list[Row], maybe: list[Row]
+    ) -> tuple[list[Row], int]:
+        """Late rows not yet in ``raw`` joined to ``fresh`` (in key order), and how many were
+        stored already (duplicates: the stored value stays)."""
+        db.executemany("INSERT INTO batch VALUES (?,?,?,?)", maybe)
+        known = int(db.execute(_DROP_KNOWN).rowcount)
+        if known < len(maybe):
+            fresh = fresh + db.execute("SELECT * FROM batch").fetchall()
+            fresh.sort(key=_row_key)
+        db.execute("DELETE FROM batch")
+        return fresh, known
 
     def _rollback(self, db: sqlite3.Connection, pending: _Pending) -> None:
         if db.in_transaction:
@@ -590,6 +672,7 @@ class EmbeddedStore:
                 log.exception("telemetry rollback failed")
         with contextlib.suppress(sqlite3.Error):
             db.execute("DELETE FROM batch")
+            db.execute("DELETE FROM minutes")
         for key in pending.series_keys:
             self._series_ids.pop(key, None)
         for sid, measurement, tags, *_ in pending.series:
@@ -703,7 +786,9 @@ class EmbeddedStore:
                     budget -= n
                 if raw_done and roll_done:
                     i += 1
-                    self._forget_if_empty(db, sid, fid)
+                    if self._forget_if_empty(db, sid, fid):
+                        self._latest.pop((sid, fid), None)
+                        self._pairs.discard((sid, fid))
             db.execute("UPDATE meta SET value = value - ? WHERE key = 'raw_rows'", (raw_deleted,))
             db.execute(
                 "UPDATE meta SET value = value - ? WHERE key = 'rollup_rows'", (roll_deleted,)
@@ -718,15 +803,17 @@ class EmbeddedStore:
         return i, raw_deleted + roll_deleted
 
     @staticmethod
-    def _forget_if_empty(db: sqlite3.Connection, sid: int, fid: int) -> None:
-        # a field with no data left is no longer offered to the charts
+    def _forget_if_empty(db: sqlite3.Connection, sid: int, fid: int) -> bool:
+        """Drop the pair from ``series_field`` when it has no rows left (True if dropped): a
+        field with no data left is no longer offered to the charts."""
         for table in ("raw", "rollup"):
             hit = db.execute(
                 f"SELECT 1 FROM {table} WHERE series_id = ? AND field_id = ? LIMIT 1", (sid, fid)
             ).fetchone()
             if hit is not None:
-                return
+                return False
         db.execute("DELETE FROM series_field WHERE series_id = ? AND field_id = ?", (sid, fid))
+        return True
 
     def _set_meta_blocking(self, key: str, value: int) -> None:
         self._conn().execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
@@ -847,6 +934,32 @@ class EmbeddedStore:
             SeriesPoint(first + int(b) * step, total / count, lo, hi)
             for b, total, count, lo, hi in rows
         ]
+
+
+def _minute_sums(rows: list[Row]) -> list[MinuteSum]:
+    """The 1-minute aggregates of ``rows`` (sorted by series, field, time): one run per
+    (series, field, minute), so a single pass with no dictionary."""
+    out: list[MinuteSum] = []
+    if not rows:
+        return out
+    sid, fid, ts, value = rows[0]
+    minute = ts - ts % MINUTE_MS
+    total, count, lo, hi = value, 1, value, value
+    for s, f, t, v in rows[1:]:
+        m = t - t % MINUTE_MS
+        if m == minute and f == fid and s == sid:
+            total += v
+            count += 1
+            if v < lo:
+                lo = v
+            elif v > hi:
+                hi = v
+        else:
+            out.append((sid, fid, minute, total, count, lo, hi))
+            sid, fid, minute = s, f, m
+            total, count, lo, hi = v, 1, v, v
+    out.append((sid, fid, minute, total, count, lo, hi))
+    return out
 
 
 def _window(start_ms: int, end_ms: int, max_points: int) -> _Window:
