@@ -15,14 +15,16 @@ Layout (designed for ingest speed)::
 A point with five fields is five ``raw`` rows. :meth:`EmbeddedStore.write` only appends to a
 bounded in-memory queue (on the loop, never blocks); every ``flush_interval_s`` the queue is
 written in chunks, one transaction each, on the store's own DB thread (WAL,
-``synchronous=NORMAL``, ``executemany`` into a TEMP table, then set-based SQL). Charts read on a
-second thread with a second connection, so a long write never holds up a chart (WAL readers do
-not wait for the writer).
+``synchronous=NORMAL``). Charts read on a second thread with a second connection, so a long
+write never holds up a chart (WAL readers do not wait for the writer).
 
 Rollups are maintained at insert, in the same transaction as the raw rows, so they are always
 current and a crash (or a SQLite error) in the middle leaves neither half written. Exactly-once
-counting: the chunk is first de-duplicated on ``(series, field, ts)`` (the first value wins), then
-rows already in ``raw`` are removed from it, and only what is left is added to the minute buckets
+counting: the chunk is sorted by ``(series, field, ts)`` and de-duplicated (the first value
+wins); a row newer than the newest one stored for its (series, field) — nearly every row of a
+live stream — cannot be in ``raw`` and goes straight in; only late rows are checked against
+``raw`` (``executemany`` into a TEMP table, then set-based SQL) and those already stored are
+dropped. What is left is added to the minute buckets (summed in one pass over the sorted rows)
 and to ``raw``. Late points (any order) are fine; a point older than the raw retention window is
 refused and counted (``too_old``): its raw neighbours are gone, so a duplicate could no longer be
 recognised and would be counted twice.
@@ -31,13 +33,12 @@ Retention: :meth:`EmbeddedStore.prune` (every ``prune_interval_s``) deletes raw 
 ``raw_retention_h`` and rollups older than ``rollup_retention_days``, per (series, field) range of
 the primary key, at most ``_PRUNE_BATCH_ROWS`` rows per transaction so writes interleave.
 
-Measured write rate (``/tmp`` script, not a test: 404,000 points of 5 fields, 1,000 series,
-2 % arriving 1-120 s late, 1 % duplicated, through ``write()`` + ``flush()``): 25,600 points/s
-(128,000 values/s) wall-clock, 28,000-32,000 points per CPU-second, on the shared 2-core dev
-machine at load average 3-4. The time goes to SQLite: ``executemany`` into the TEMP table
-(~40 %), ``raw`` and ``rollup`` B-tree inserts (~40 %); the Python side (interning, checks)
-runs at ~400,000 points/s. A chart read of raw data takes ~1.3 ms; a prune with nothing to
-delete, 0.1 s for 5,000 (series, field) pairs.
+Measured write rate (``/tmp`` script, not a test: 200,000 points of 5 fields from 100 series in
+20,000-point chunks, quiet 2-core machine, session 6): 15-17 µs of CPU per point, ~55,000-60,000
+points/s; before live rows skipped the TEMP-table check, 26-27 µs. Most of what is left is
+SQLite's B-tree insert into ``raw`` (one ``executemany`` row per value, ~2-2.5 µs each). A chart
+read of raw data takes ~1.3 ms; a prune with nothing to delete, 0.1 s for 5,000 (series, field)
+pairs.
 """
 
 from __future__ import annotations

@@ -212,6 +212,39 @@ async def test_rollups_exact_with_late_and_duplicate_points(tmp_path: Path, seed
         await store.stop()
 
 
+async def test_rows_at_or_before_the_newest_stored_are_checked(store: EmbeddedStore) -> None:
+    """Live rows skip the duplicate check only when newer than everything stored for their
+    (series, field): a repeat of the newest point, a gap filled late and a field the series
+    never had at that time are each handled exactly once."""
+    store.write([dev("a", "d", T0_MS + i * 1000, v=float(i)) for i in (0, 1, 3)])
+    await store.flush()
+    store.write(
+        [
+            dev("a", "d", T0_MS + 3000, v=99.0),  # the newest again: a duplicate
+            dev("a", "d", T0_MS + 2000, v=2.0),  # late, fills the gap
+            dev("a", "d", T0_MS + 1000, w=7.0),  # a new field at a stored time
+            dev("a", "d", T0_MS + 4000, v=4.0),  # live
+            dev("a", "d", T0_MS + 4000, v=44.0),  # its repeat in the same chunk
+        ]
+    )
+    await store.flush()
+    got = await store.series("a", "d", "v", start_ms=T0_MS, end_ms=T0_MS + 10_000)
+    assert [(p.ts_ms - T0_MS, p.value) for p in got] == [
+        (0, 0.0),
+        (1000, 1.0),
+        (2000, 2.0),
+        (3000, 3.0),
+        (4000, 4.0),
+    ]
+    got = await store.series("a", "d", "w", start_ms=T0_MS, end_ms=T0_MS + 10_000)
+    assert [(p.ts_ms - T0_MS, p.value) for p in got] == [(1000, 7.0)]
+    stats = store.stats()
+    assert stats["duplicates"] == 2
+    assert stats["raw_rows"] == 6
+    minute = {k: v for k, v in rollup_rows(store.path.parent).items() if k[1] == "v"}
+    assert sum(count for _, count, _, _ in minute.values()) == 5
+
+
 async def test_retention_keeps_rollups_for_long_ranges(tmp_path: Path) -> None:
     section = EmbeddedSection(flush_interval_s=3600.0, raw_retention_h=48, rollup_retention_days=90)
     clock = Clock(T0_MS + 10 * 60_000)
