@@ -42,6 +42,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -490,9 +491,23 @@ async def run_telemetry_bench(options: TelemetryBenchOptions) -> dict[str, Any]:
             await _stop_hub(hub)
         await vm.stop()
         await asyncio.to_thread(broker.stop)
-        shutil.rmtree(work, ignore_errors=True)
     _summarise(result, total)
+    if _went_wrong(result, options.sinks):
+        # the hub's log says why (a sink's errors, its queue overflowing): keep it to read
+        result["kept_work_dir"] = str(work)
+        log.warning("something was lost or late: the hub's log is kept in %s", work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _went_wrong(result: Mapping[str, Any], sinks: Sequence[str]) -> bool:
+    """A store missed points, or the run stopped before measuring (an exception)."""
+    names = {"embedded": "embedded", "influxdb": "victoriametrics"}
+    return any(
+        not result.get(names[s], {}).get("complete") or result[names[s]].get("dropped")
+        for s in sinks
+    )
 
 
 @dataclass(frozen=True)

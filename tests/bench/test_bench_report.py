@@ -249,3 +249,46 @@ def test_quick_calls_run_end_to_end(tmp_path: Path) -> None:
     assert raw["runs"]["calls"]["ok"] is True
     assert raw["runs"]["calls"]["result"]["raw_show_text"]["exchanges"] > 0
     assert raw["quick"] is True and set(raw["runs"]) == {"calls"}
+
+
+# --- telemetry: the flood's latency is reported, the paced run's judged ------------------------
+def _telemetry_result(rate: float, p99_ms: float, embedded_per_s: float) -> dict[str, object]:
+    store = {"points": 600_000, "dropped": 0, "complete": True}
+    return {
+        "options": {"devices": 100, "rate": rate},
+        "ceiling": {"msg_per_s": 100_000},
+        "targets": {"points_per_s": 20_000, "api_p99_ms": 100.0},
+        "embedded": {**store, "points_per_s": embedded_per_s},
+        "victoriametrics": {**store, "points_per_s": 21_500},
+        "api": {
+            "route": "GET /api/v1/stats (bearer token)",
+            "requests": 300,
+            "failures": 0,
+            "idle_p50_ms": 1.5,
+            "p50_ms": 3.0,
+            "p99_ms": p99_ms,
+            "hub_loop_lag_p99_ms": 30.0,
+        },
+    }
+
+
+def test_telemetry_flood_latency_is_reported_not_judged() -> None:
+    rows = report.rows_telemetry(_telemetry_result(0, 180.0, 23_000), None)
+    assert [r.verdict for r in rows] == ["PASS", "PASS", ""]
+    assert "180" in rows[2].measured and "paced run" in rows[2].target
+
+
+def test_telemetry_paced_run_judges_stores_and_latency() -> None:
+    good = report.rows_telemetry_paced(_telemetry_result(22_000, 40.0, 20_900), None)
+    assert [r.verdict for r in good] == ["PASS", "PASS", "PASS"]
+    assert "22,000 msg/s" in good[2].figure
+    slow_api = report.rows_telemetry_paced(_telemetry_result(22_000, 140.0, 20_900), None)
+    assert slow_api[2].verdict == "**FAIL**"
+    behind = report.rows_telemetry_paced(_telemetry_result(22_000, 40.0, 18_000), None)
+    assert behind[0].verdict == "**FAIL**"
+
+
+def test_paced_telemetry_runs_the_telemetry_command_with_a_rate() -> None:
+    spec = next(s for s in report.BENCHES if s.name == "telemetry-paced")
+    assert spec.invocation.startswith("courthub bench telemetry --rate ")
+    assert report.EXTRACTORS["telemetry-paced"] is report.rows_telemetry_paced
