@@ -97,6 +97,26 @@ async def test_every_point_arrives_with_its_values_tags_and_ms_timestamp(
     await sink.stop()
 
 
+async def test_tags_with_spaces_commas_equals_and_percents_arrive_as_written(
+    tmp_path: Path, victoria_metrics: Any
+) -> None:
+    sink = InfluxSink(section(victoria_metrics.url), data_dir=tmp_path)
+    await sink.start()
+    tags = {"agent": "court 1,a", "device": "cam=2", "venue": "room 5%", "kind": "camera"}
+    points = [Point.make("device", tags, {"fps": float(i)}, BASE_MS + i) for i in range(300)]
+    sink.write(points[:150])
+    sink.write(points[150:])  # the second write reuses the series' escaped line head
+    await sink.flush()
+    await wait_until(lambda: sink.stats()["written"] == 300, what="written")
+
+    samples = await asyncio.to_thread(victoria_metrics.wait_for_count, 300, "device_fps")
+    assert {s.labels for s in samples} == {tuple(sorted(tags.items()))}
+    assert sorted((s.ts_ms, s.value) for s in samples) == [
+        (p.ts_ms, p.fields["fps"]) for p in points
+    ]
+    await sink.stop()
+
+
 async def test_server_stopped_mid_stream_loses_and_duplicates_nothing(
     tmp_path: Path, victoria_metrics: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -307,6 +327,26 @@ async def fake_influx() -> Any:
 
 async def ok(_req: Request, _i: int) -> web.Response:
     return web.Response(status=204)
+
+
+@pytest.mark.parametrize("gzip", [True, False])
+async def test_the_body_is_gzipped_only_when_asked_and_is_plain_line_protocol(
+    tmp_path: Path, fake_influx: Any, gzip: bool
+) -> None:
+    fake = await fake_influx(ok)
+    sink = InfluxSink(section(fake.url, gzip=gzip), data_dir=tmp_path)
+    await sink.start()
+    points = make_points(3)
+    sink.write(points)
+    await wait_until(lambda: sink.stats()["written"] == 3, what="written")
+    await sink.stop()
+    (request,) = fake.requests
+    assert request.headers.get("Content-Encoding") == ("gzip" if gzip else None)
+    assert request.headers["Content-Type"].startswith("text/plain")
+    assert request.lines == [p.to_line() for p in points]
+    assert request.lines[0] == (
+        f"device,agent=court-1,device=d1,kind=camera,venue=room-1 fps=0.0,level=0.0 {BASE_MS}"
+    )
 
 
 async def test_retry_after_is_honoured_and_no_auth_header_without_token(
