@@ -20,8 +20,8 @@ write never holds up a chart (WAL readers do not wait for the writer).
 
 Rollups are maintained at insert, in the same transaction as the raw rows, so they are always
 current and a crash (or a SQLite error) in the middle leaves neither half written. Exactly-once
-counting: the chunk is sorted by ``(series, field, ts)`` and de-duplicated (the first value
-wins); a row newer than the newest one stored for its (series, field) — nearly every row of a
+counting: the chunk's rows are grouped per (series, field), in arrival order; a pair whose rows
+did not arrive in time order is sorted and de-duplicated (the first value wins); a row newer than the newest one stored for its (series, field) — nearly every row of a
 live stream — cannot be in ``raw`` and goes straight in; only late rows are checked against
 ``raw`` (``executemany`` into a TEMP table, then set-based SQL) and those already stored are
 dropped. What is left is added to the minute buckets (summed in one pass over the sorted rows)
@@ -34,11 +34,12 @@ Retention: :meth:`EmbeddedStore.prune` (every ``prune_interval_s``) deletes raw 
 the primary key, at most ``_PRUNE_BATCH_ROWS`` rows per transaction so writes interleave.
 
 Measured write rate (``/tmp`` script, not a test: 200,000 points of 5 fields from 100 series in
-20,000-point chunks, quiet 2-core machine, session 6): 15-17 µs of CPU per point, ~55,000-60,000
-points/s; before live rows skipped the TEMP-table check, 26-27 µs. Most of what is left is
-SQLite's B-tree insert into ``raw`` (one ``executemany`` row per value, ~2-2.5 µs each). A chart
-read of raw data takes ~1.3 ms; a prune with nothing to delete, 0.1 s for 5,000 (series, field)
-pairs.
+20,000-point chunks, 2-core machine, session 6): ~10.5 µs of CPU per point, ~85,000 points/s;
+18.6-26 µs before (every row through the TEMP-table check, then the whole chunk sorted). Most
+of what is left is SQLite's B-tree insert into ``raw``: one ``executemany`` row per value,
+~1.5-2 µs each (one row per point with the fields packed would be ~4x cheaper: a schema change
+not made yet). A chart read of raw data takes ~1.3 ms; a prune with nothing to delete, 0.1 s
+for 5,000 (series, field) pairs.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ ON CONFLICT DO UPDATE SET
 
 Row = tuple[int, int, int, float]
 _row_key = operator.itemgetter(0, 1, 2)
+_row_ts = operator.itemgetter(2)
 #: (series, field, minute, sum, count, min, max): one chunk's share of a ``rollup`` row
 MinuteSum = tuple[int, int, int, float, int, float, float]
 
@@ -183,6 +185,15 @@ class _Pending:
     pairs: list[tuple[int, int]] = field(default_factory=list)
     #: the newest timestamp each pair will have in ``raw`` once the chunk is committed
     latest: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+@dataclass
+class _ChunkRows:
+    """A chunk's rows: series id → field id → rows in arrival order, and the pairs whose rows
+    did not arrive in strictly increasing time (sorted and de-duplicated before the split)."""
+
+    by_series: dict[int, dict[int, list[Row]]] = field(default_factory=dict)
+    unordered: set[tuple[int, int]] = field(default_factory=set)
 
 
 @dataclass
@@ -546,11 +557,8 @@ class EmbeddedStore:
         cutoff = self._now_ms() - int(self.section.raw_retention_h * 3_600_000)
         pending = _Pending()
         rows, skipped, too_old = self._rows(points, max(cutoff, 0), pending)
-        if not rows and not pending.series and not pending.fields:
+        if not rows.by_series and not pending.series and not pending.fields:
             return _ChunkResult(ok=True, skipped=skipped, too_old=too_old)
-        # in key order: B-tree appends instead of random inserts, and runs per (series, field)
-        # for the split and the minute sums (a stable sort, so the first of two duplicates wins)
-        rows.sort(key=_row_key)
         db = self._conn()
         try:
             db.execute("BEGIN")
@@ -602,45 +610,49 @@ class EmbeddedStore:
         )
 
     def _split(
-        self, db: sqlite3.Connection, rows: list[Row], pending: _Pending
+        self, db: sqlite3.Connection, rows: _ChunkRows, pending: _Pending
     ) -> tuple[list[Row], list[Row], int]:
-        """Sorted ``rows`` → (certainly new, perhaps stored already, duplicates within them).
+        """The chunk's rows → (certainly new, in key order; perhaps stored already; duplicates
+        within the chunk).
 
-        A row newer than the newest stored for its (series, field) cannot be in ``raw``: that
-        is nearly every row of a live stream, and it goes straight in. Only late rows need the
-        set-based check against ``raw`` (:meth:`_drop_known`). Also notes, in ``pending``, the
-        pairs not yet in ``series_field`` and each pair's new newest time.
+        Key order (series, field, ts) makes the inserts B-tree appends and gives the minute sums
+        their runs. A row newer than the newest stored for its (series, field) cannot be in
+        ``raw``: a live stream's pair arrives in time order and goes straight in as a whole.
+        Only late rows need the set-based check against ``raw`` (:meth:`_drop_known`). Also
+        notes, in ``pending``, the pairs not yet in ``series_field`` and each pair's new newest
+        time.
         """
         fresh: list[Row] = []
         maybe: list[Row] = []
         dups = 0
         latest = self._latest
-        pairs = self._pairs
-        prev_ts = -1
-        pair: tuple[int, int] | None = None
-        newest = -1
-        for row in rows:
-            sid, fid, ts, _ = row
-            if (sid, fid) != pair:
-                if pair is not None and fresh and fresh[-1][0:2] == pair:
-                    pending.latest[pair] = fresh[-1][2]
+        for sid in sorted(rows.by_series):
+            by_field = rows.by_series[sid]
+            for fid in sorted(by_field):
                 pair = (sid, fid)
-                known_newest = latest.get(pair)
-                if known_newest is None:
-                    known_newest = latest[pair] = self._stored_newest(db, sid, fid)
-                newest = known_newest
-                if pair not in pairs:
+                run = by_field[fid]
+                newest = latest.get(pair)
+                if newest is None:
+                    newest = latest[pair] = self._stored_newest(db, sid, fid)
+                if pair not in self._pairs:
                     pending.pairs.append(pair)
-            elif ts == prev_ts:
-                dups += 1  # same (series, field, ts) as the row before: the first one counts
-                continue
-            prev_ts = ts
-            if ts > newest:
-                fresh.append(row)
-            else:
-                maybe.append(row)
-        if pair is not None and fresh and fresh[-1][0:2] == pair:
-            pending.latest[pair] = fresh[-1][2]
+                if pair in rows.unordered:
+                    # stable sort: of two rows with one ts, the first written counts
+                    run.sort(key=_row_ts)
+                    kept = [run[0]]
+                    for row in run[1:]:
+                        if row[2] == kept[-1][2]:
+                            dups += 1
+                        else:
+                            kept.append(row)
+                    run = kept
+                if run[0][2] > newest:  # the live case: all of it is new
+                    fresh += run
+                else:
+                    for row in run:
+                        (fresh if row[2] > newest else maybe).append(row)
+                if run[-1][2] > newest:
+                    pending.latest[pair] = run[-1][2]
         return fresh, maybe, dups
 
     @staticmethod
@@ -685,16 +697,20 @@ class EmbeddedStore:
 
     def _rows(
         self, points: Iterable[Point], cutoff_ms: int, pending: _Pending
-    ) -> tuple[list[Row], int, int]:
-        """``raw`` rows of ``points``; also the values skipped (non-finite, not numbers) and
-        the points refused as older than the raw window."""
-        rows: list[Row] = []
-        append = rows.append
+    ) -> tuple[_ChunkRows, int, int]:
+        """``raw`` rows of ``points`` per (series, field), in arrival order; also the values
+        skipped (non-finite, not numbers) and the points refused as older than the raw window.
+
+        Grouping here rather than sorting the whole chunk afterwards: a pair's rows usually
+        arrive in time order already, and only a pair that does not is sorted."""
+        rows = _ChunkRows()
+        by_series = rows.by_series
+        unordered = rows.unordered
         series_ids = self._series_ids
         field_ids = self._field_ids
         skipped = too_old = 0
         for p in points:
-            mark = len(rows)
+            added: list[list[Row]] = []
             try:
                 ts = p.ts_ms
                 if ts < cutoff_ms:
@@ -704,18 +720,33 @@ class EmbeddedStore:
                 sid = series_ids.get(key)
                 if sid is None:
                     sid = self._new_series(key, pending)
+                by_field = by_series.get(sid)
+                if by_field is None:
+                    by_field = by_series[sid] = {}
                 for name, value in p.fields.items():
                     fid = field_ids.get(name)
                     if fid is None:
                         fid = self._new_field(name, pending)
                     # finite check without a call: inf - inf and nan - nan are nan
-                    if value - value == 0.0:
-                        append((sid, fid, ts, value))
-                    else:
+                    if value - value != 0.0:
                         skipped += 1
+                        continue
+                    run = by_field.get(fid)
+                    if run is None:
+                        by_field[fid] = run = []
+                    elif run and run[-1][2] >= ts:
+                        unordered.add((sid, fid))
+                    run.append((sid, fid, ts, value))
+                    added.append(run)
             except (TypeError, ValueError, AttributeError):
-                del rows[mark:]
+                for run in added:  # the point's good fields go too: all of a point or none
+                    run.pop()
                 skipped += max(1, len(getattr(p, "fields", ()) or ()))
+        for sid in [s for s, by_field in by_series.items() if not any(by_field.values())]:
+            del by_series[sid]
+        for by_field in by_series.values():
+            for fid in [f for f, run in by_field.items() if not run]:
+                del by_field[fid]
         return rows, skipped, too_old
 
     def _new_series(self, key: tuple[str, tuple[tuple[str, str], ...]], pending: _Pending) -> int:

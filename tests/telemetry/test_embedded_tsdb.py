@@ -346,14 +346,19 @@ async def test_bad_values_are_skipped_and_counted(store: EmbeddedStore) -> None:
             Point("device", (("agent", "a"), ("device", "d")), {"text": "x"}, T0_MS + 1),  # type: ignore[dict-item]
             Point("device", (("agent", "a"), ("device", "d")), {"ok": 2.0}, "soon"),  # type: ignore[arg-type]
             dev("a", "d", T0_MS + 2, ok=3),
+            # a good value beside a bad one: the whole point is refused, the next one kept
+            Point("device", (("agent", "a"), ("device", "e")), {"ok": 5.0, "t": "x"}, T0_MS + 1),  # type: ignore[dict-item]
+            Point("device", (("agent", "a"), ("device", "e")), {"ok": 6.0}, T0_MS + 2),
         ]
     )
     await store.flush()
     stats = store.stats()
-    assert stats["skipped_values"] == 5
-    assert stats["values_written"] == 2
+    assert stats["skipped_values"] == 7
+    assert stats["values_written"] == 3
     got = await store.series("a", "d", "ok", start_ms=T0_MS, end_ms=T0_MS + 10)
     assert [(p.ts_ms, p.value) for p in got] == [(T0_MS, 1.0), (T0_MS + 2, 3.0)]
+    got = await store.series("a", "e", "ok", start_ms=T0_MS, end_ms=T0_MS + 10)
+    assert [(p.ts_ms, p.value) for p in got] == [(T0_MS + 2, 6.0)]
 
 
 async def test_sqlite_error_keeps_points_queued_and_counts_once(
