@@ -43,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from hub.bad_messages import BadMessageCounter
 from hub.mqtt_process import MqttProcess, RawMessage, hub_offline_will
@@ -68,9 +68,12 @@ TOPIC_CACHE_SIZE: Final = 65_536
 _RETAINED_KINDS: Final = frozenset({TopicKind.BIRTH, TopicKind.DEATH, TopicKind.DEVICE_STATE})
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A validated message from an agent."""
+class Inbound(NamedTuple):
+    """A validated message from an agent.
+
+    Named tuples rather than frozen dataclasses for what is built once per message: as
+    immutable, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field)
+    costs ~0.8 µs against ~0.3 µs (the hub's loop builds one per telemetry message)."""
 
     kind: TopicKind
     agent: str
@@ -79,8 +82,7 @@ class Inbound:
     retained: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
+class Rejected(NamedTuple):
     """A message refused at the door, so the loop can count it on the device's record."""
 
     agent: str

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from protocol.audio import AudioFrame
 from protocol.messages import DeviceInfo, DeviceStatus, Event, Telemetry
@@ -128,17 +128,18 @@ class HealthChanged:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class TelemetryReceived:
-    """Telemetry accepted (not a duplicate); ``telemetry.historical`` tells replays apart."""
+class TelemetryReceived(NamedTuple):
+    """Telemetry accepted (not a duplicate); ``telemetry.historical`` tells replays apart.
+
+    This and the other per-message changes are named tuples, not frozen dataclasses: as
+    immutable, and ~0.5 µs cheaper to build on the hub's loop, once per message."""
 
     agent: str
     device: str
     telemetry: Telemetry
 
 
-@dataclass(frozen=True, slots=True)
-class EventReceived:
+class EventReceived(NamedTuple):
     """An event accepted (not a duplicate)."""
 
     agent: str
@@ -146,8 +147,7 @@ class EventReceived:
     event: Event
 
 
-@dataclass(frozen=True, slots=True)
-class AudioReceived:
+class AudioReceived(NamedTuple):
     """An audio frame from a device."""
 
     agent: str
