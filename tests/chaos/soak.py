@@ -9,6 +9,10 @@ process (the simulated devices). Samples every ``SOAK_SAMPLE_S`` seconds (defaul
 growth ≤ 20 % (median of the last three samples vs median of the last three warm-up samples)
 and no leaked descriptors (fewest in the last three samples minus most during warm-up > 0).
 A process that restarted (new pid) is reported, not judged. Exit 1 when a target is missed.
+
+VictoriaMetrics is judged like every other process; below the table its own ``/metrics`` (sampled
+with the others) split its RSS into anonymous and file-backed memory beside its Go heap in use and
+the sizes of its caches, so a growth can be traced to what holds it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +66,48 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+#: VictoriaMetrics' own gauges printed under the table: (label, metric name prefix); a prefix
+#: with several series (one per cache type) is summed
+VM_GAUGES: tuple[tuple[str, str], ...] = (
+    ("RSS anonymous", "process_resident_memory_anon_bytes"),
+    ("RSS file-backed", "process_resident_memory_file_bytes"),
+    ("Go heap in use", "go_memstats_heap_inuse_bytes"),
+    ("caches (allocated)", "vm_cache_size_bytes"),
+)
+
+
+def vm_gauges(url: str) -> dict[str, float] | None:
+    """The :data:`VM_GAUGES` of the VictoriaMetrics at ``url`` from its ``/metrics`` (None when it
+    does not answer). Blocking: call it from a thread."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found = dict.fromkeys((name for _, name in VM_GAUGES), 0.0)
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        base = name.partition("{")[0]
+        if base in found:
+            found[base] += float(value)
+    return found
+
+
+def vm_gauges_row(samples: list[tuple[float, dict[str, float]]], warm_end_s: float) -> str:
+    """VictoriaMetrics' gauges after warm-up → at the end (medians of three samples, as the
+    verdict takes RSS)."""
+    warm = [g for t, g in samples if t <= warm_end_s][-3:]
+    late = [g for t, g in samples[-3:] if t > warm_end_s]
+    if len(warm) < 3 or len(late) < 3:
+        return "victoria-metrics /metrics: too few samples"
+    parts = [
+        f"{label} {statistics.median(g[name] for g in warm) / 2**20:.1f} → "
+        f"{statistics.median(g[name] for g in late) / 2**20:.1f} MB"
+        for label, name in VM_GAUGES
+    ]
+    return "victoria-metrics /metrics: " + ", ".join(parts)
 
 
 def comm(pid: int) -> str:
@@ -112,6 +159,7 @@ async def soak(work: Path, minutes: float, sample_s: float) -> int:
     duration = minutes * 60
     warm_end = max(60.0, duration / 5)
     series: dict[tuple[str, int], Series] = {}
+    vm_samples: list[tuple[float, dict[str, float]]] = []
     try:
         while (now := time.monotonic() - start) < duration:
             for name, pid in processes(court).items():
@@ -119,12 +167,16 @@ async def soak(work: Path, minutes: float, sample_s: float) -> int:
                 if sample is not None:
                     key = (name, pid)
                     series.setdefault(key, Series(name, pid)).samples.append((now, *sample))
+            gauges = await asyncio.to_thread(vm_gauges, court.vm.url)
+            if gauges is not None:
+                vm_samples.append((now, gauges))
             await asyncio.sleep(sample_s)
     finally:
         await court.stop()
     print(f"soak: {minutes:g} min, warm-up {warm_end:.0f} s, sample every {sample_s:g} s")
     results = [verdict(s, warm_end) for s in series.values()]
     print("\n".join(row for _, row in results))
+    print(vm_gauges_row(vm_samples, warm_end))
     ok = all(good for good, _ in results)
     print(f"soak {'OK' if ok else 'MISSED a target'} (RSS growth ≤ 20 %, 0 leaked fds); {work}")
     return 0 if ok else 1
