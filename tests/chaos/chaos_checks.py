@@ -24,6 +24,7 @@ nothing asserts how long anything took.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import os
 import sqlite3
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,13 +257,11 @@ async def check_telemetry(court: ChaosCourt, since: int, cutoff_ms: int) -> Chec
     vm = {k for k in all_vm if since < k[2] <= cutoff_ms}
     embedded = {k for k in all_embedded if since < k[2] <= cutoff_ms}
     offsets = tuple(court.clock_offsets_ms)
-    lost_vm, _ = refiled(_skewed(court, expected - vm), all_vm, expected & all_vm, offsets)
-    lost_vm += [k for k in expected - vm if k[0] not in court.clocks]
+    # a skewed agent's points may be refiled outside the window: match against everything
+    lost_vm, _ = refiled(expected, vm | _skewed_keys(court, all_vm), court.clocks, offsets)
     lost_emb, _ = refiled(
-        _skewed(court, expected - embedded), all_embedded, expected & all_embedded, offsets
+        expected, embedded | _skewed_keys(court, all_embedded), court.clocks, offsets
     )
-    lost_emb += [k for k in expected - embedded if k[0] not in court.clocks]
-    lost_vm, lost_emb = sorted(lost_vm), sorted(lost_emb)
     problems = [f"{len(lost_vm)} points not in VictoriaMetrics"] if lost_vm else []
     problems += [f"{len(lost_emb)} points not in the embedded store"] if lost_emb else []
     problems += [f"{len(dups)} duplicated samples in VictoriaMetrics"] if dups else []
@@ -287,36 +286,85 @@ def _future_points(court: ChaosCourt) -> dict[str, int]:
     return {"the embedded store": int(embedded), "VM": sum(1 for x in samples if x.ts_ms > ahead)}
 
 
-def _skewed(court: ChaosCourt, keys: set[Key]) -> list[Key]:
+def _skewed_keys(court: ChaosCourt, keys: set[Key]) -> set[Key]:
     """The points of ``keys`` sent by agents whose clock the suite steps."""
-    return [k for k in keys if k[0] in court.clocks]
+    return {k for k in keys if k[0] in court.clocks}
 
 
 def refiled(
-    missing: list[Key], stored: set[Key], taken: set[Key], offsets: tuple[int, ...]
+    expected: set[Key], stored: set[Key], skewed: Collection[str], offsets: tuple[int, ...]
 ) -> tuple[list[Key], Counter[int]]:
-    """Match points not found at their stamp to points filed on the hub's clock: one each, the
-    nearest not ``taken`` within SKEW_MATCH_MS of stamp minus one of ``offsets`` (the hub files
-    them at stamp minus the measured offset, or at their arrival before a step is confirmed:
-    off by the transit delay). Returns the points still missing, and matches per offset."""
-    free: dict[tuple[str, str], list[int]] = {}
-    for agent, device, ts in stored - taken:
-        free.setdefault((agent, device), []).append(ts)
-    still: list[Key] = []
+    """Pair every point sent (``expected``) with one point stored, each stored point used once.
+
+    A point matches a stored point at its own stamp; a point of a ``skewed`` agent may instead
+    match one filed on the hub's clock, within SKEW_MATCH_MS of its stamp minus one of
+    ``offsets`` (the hub files it at stamp minus the measured offset, or at its arrival before
+    a step is confirmed: off by the transit delay). The pairing is a maximum matching per
+    (agent, device), not first come first served: after a clock step back by 5 s a point's
+    refiled time can equal the stamp of the point sent 5 s later to the millisecond (the first
+    full run after session 6 saw one), and claiming that stored point "as stamped" would leave
+    the earlier point without a partner. Returns the points left without one (lost), and the
+    matches per offset (0 = as stamped)."""
+    stored_times: dict[tuple[str, str], list[int]] = {}
+    for agent, device, ts in stored:
+        stored_times.setdefault((agent, device), []).append(ts)
+    sent: dict[tuple[str, str], list[int]] = {}
+    for agent, device, ts in expected:
+        sent.setdefault((agent, device), []).append(ts)
+    lost: list[Key] = []
     found: Counter[int] = Counter()
-    for agent, device, ts in sorted(missing, key=lambda k: k[2]):
-        times = free.get((agent, device), [])
-        best = min(
-            ((abs(t - (ts - off)), t, off) for t in times for off in offsets
-             if abs(t - (ts - off)) <= SKEW_MATCH_MS),
-            default=None,
-        )  # fmt: skip
-        if best is None:
-            still.append((agent, device, ts))
-        else:
-            times.remove(best[1])
-            found[best[2]] += 1
-    return still, found
+    for (agent, device), stamps in sorted(sent.items()):
+        times = sorted(stored_times.get((agent, device), []))
+        offs = offsets if agent in skewed else ()
+        pairs = _max_matching(sorted(stamps), times, offs)
+        lost += [(agent, device, ts) for ts in stamps if ts not in pairs]
+        for ts, t in pairs.items():
+            found[0 if t == ts else min(offs, key=lambda off: abs(t - (ts - off)))] += 1
+    return sorted(lost), found
+
+
+def _max_matching(stamps: list[int], times: list[int], offsets: tuple[int, ...]) -> dict[int, int]:
+    """Stamp -> stored time, as many pairs as possible (augmenting paths, breadth first)."""
+    exact = set(times)
+
+    def candidates(ts: int) -> list[int]:
+        near = [ts] if ts in exact else []
+        for off in offsets:
+            lo = bisect.bisect_left(times, ts - off - SKEW_MATCH_MS)
+            hi = bisect.bisect_right(times, ts - off + SKEW_MATCH_MS)
+            near += sorted(times[lo:hi], key=lambda t: abs(t - (ts - off)))
+        return near
+
+    edges = {ts: candidates(ts) for ts in stamps}
+    owner: dict[int, int] = {}  # stored time -> stamp
+    pair: dict[int, int] = {}  # stamp -> stored time
+    for ts in stamps:  # as stamped first: most points are, and it keeps the paths short
+        if ts in exact:
+            owner[ts] = pair[ts] = ts
+    for root in stamps:
+        if root in pair:
+            continue
+        came_from: dict[int, int] = {}  # stored time -> stamp that reached it
+        queue, seen = [root], {root}
+        free = None
+        while queue and free is None:
+            ts = queue.pop(0)
+            for t in edges[ts]:
+                if t in came_from:
+                    continue
+                came_from[t] = ts
+                if t not in owner:
+                    free = t
+                    break
+                if owner[t] not in seen:
+                    seen.add(owner[t])
+                    queue.append(owner[t])
+        while free is not None:  # flip the path back to the root
+            ts = came_from[free]
+            previous = pair.get(ts)
+            owner[free], pair[ts] = ts, free
+            free = previous
+    return pair
 
 
 async def check_skewed_telemetry(
@@ -330,10 +378,9 @@ async def check_skewed_telemetry(
     problems: list[str] = []
     figures: list[str] = []
     for sink, stored in (("the embedded store", embedded), ("VM", vm)):
-        taken = expected & stored
-        lost, found = refiled(sorted(expected - stored), stored, taken, offsets_ms)
+        lost, found = refiled(expected, stored, court.clocks, offsets_ms)
         figures.append(
-            f"{sink}: {len(taken)} as stamped, "
+            f"{sink}: {found.pop(0, 0)} as stamped, "
             + ", ".join(f"{n} refiled {off / 1000:+.0f} s" for off, n in sorted(found.items()))
         )
         if lost:
