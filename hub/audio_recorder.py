@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -536,6 +537,21 @@ class _SeatFile:
 
 
 @dataclass
+class _Unclosed:
+    """A seat file whose close failed (a full disk). Its handle is kept: the bytes still in
+    its buffer reach the disk when there is room again, then it is repaired, moved and indexed
+    like any segment (:meth:`_Writer._retry_unclosed`)."""
+
+    mic: MicrophoneConfig
+    seat_file: _SeatFile
+    #: samples the file should hold; fewer after the repair = a stretch lost, a gap
+    samples: int
+    rate: int
+    start_us: int
+    retry_at: float
+
+
+@dataclass
 class _Group:
     """The open WAVs of one device (one per seat), sharing start and length."""
 
@@ -595,6 +611,7 @@ class _WavWriter:
         #: ``(mic, from_us, to_us, reason, frames)``: a stretch the writer could not write
         self.on_failed: Callable[[MicrophoneConfig, int, int, str, int], None] = lambda *args: None
         self._failing: dict[tuple[str, str], _Failing] = {}
+        self._unclosed: list[_Unclosed] = []
         self.write_errors = 0
         self.pcm_hook_errors = 0
         self._groups: dict[tuple[str, str], _Group] = {}
@@ -633,6 +650,8 @@ class _WavWriter:
                 except queue.Empty:
                     break
             self._flush_all()  # a batch written: on disk before the next wait (kill -9 safe)
+            if self._unclosed:
+                self._retry_unclosed()
 
     # failing writes (a full disk) -------------------------------------------------------------------
     def _failed(self, item: _Write, exc: Exception) -> None:
@@ -682,6 +701,7 @@ class _WavWriter:
         self.on_failed(mic, failing.from_us, failing.to_us, reason, failing.frames)
         group = self._groups.get(key)
         open_now = {f.path for f in group.files} if group is not None else set()
+        open_now |= {u.seat_file.path for u in self._unclosed}  # still ours: see _retry_unclosed
         for seat in mic.seats:
             for path in _leftover_wavs(incoming_dir(self.root, mic.track(seat))):
                 if path in open_now:
@@ -833,10 +853,27 @@ class _WavWriter:
                     seat_file.path.unlink(missing_ok=True)
                     continue
                 dest = _move_into_place(self.root, seat_file.track, start_ms, seat_file.path)
-            except OSError:
-                # left in .incoming/: repaired and indexed as recovered at the next start
+            except OSError as exc:
+                # kept open with its buffer: closed, repaired and indexed when there is room
+                # (before, the handle was dropped and the file waited in .incoming/ for the
+                # next start, with no gap: the chaos suite's disk-full fault found a 10 s hole)
                 self.write_errors += 1
-                log.exception("audio segment not closed path=%s", seat_file.path)
+                log.error(
+                    "audio segment not closed path=%s error=%s; retrying every %g s",
+                    seat_file.path,
+                    exc,
+                    RETRY_WRITE_S,
+                )
+                self._unclosed.append(
+                    _Unclosed(
+                        group.mic,
+                        seat_file,
+                        group.samples,
+                        group.rate,
+                        group.start_us,
+                        self.clock() + RETRY_WRITE_S,
+                    )
+                )
                 continue
             closed.append(
                 AudioSegment(
@@ -852,6 +889,59 @@ class _WavWriter:
         if closed:
             self.on_closed(closed)
 
+    def _retry_unclosed(self, *, last: bool = False) -> None:
+        """Try again to close the files whose close failed (due ones; all when ``last``)."""
+        now = self.clock()
+        waiting: list[_Unclosed] = []
+        for item in self._unclosed:
+            if not last and now < item.retry_at:
+                waiting.append(item)
+                continue
+            try:
+                segment = self._finish_unclosed(item)
+            except OSError as exc:
+                self.write_errors += 1
+                item.retry_at = now + RETRY_WRITE_S
+                if last:  # the hub stops: the file is repaired at the next start
+                    with contextlib.suppress(OSError):
+                        item.seat_file.file.close()  # what is still buffered is lost
+                    log.error(
+                        "audio segment left unclosed path=%s error=%s", item.seat_file.path, exc
+                    )
+                    with contextlib.suppress(OSError):
+                        size = item.seat_file.path.stat().st_size
+                        self._shortfall(item, max(0, size - WAV_HEADER) // 2)
+                else:
+                    waiting.append(item)
+                continue
+            if segment is not None:
+                log.warning("audio segment closed late path=%s", segment.path)
+                self.on_closed([segment])
+        self._unclosed = waiting
+
+    def _finish_unclosed(self, item: _Unclosed) -> AudioSegment | None:
+        """Flush, close, repair and move one file; a gap for the samples it lacks."""
+        seat_file = item.seat_file
+        seat_file.file.flush()  # raises while the disk is still full: tried again later
+        os.fsync(seat_file.file.fileno())
+        seat_file.file.close()
+        segment = _repair_and_move(self.root, item.mic, seat_file.seat, seat_file.path)
+        self._shortfall(item, segment.samples if segment is not None else 0)
+        return segment
+
+    def _shortfall(self, item: _Unclosed, written: int) -> None:
+        """A gap for the end of a file that never reached the disk (per device, like every
+        gap of a failed write)."""
+        if written >= item.samples:
+            return
+        from_us = item.start_us + written * 1_000_000 // item.rate
+        to_us = item.start_us + item.samples * 1_000_000 // item.rate
+        missing = item.samples - written
+        reason = (
+            f"audio not written by the hub (disk full): {missing} samples of {item.seat_file.track}"
+        )
+        self.on_failed(item.mic, from_us, to_us, reason, 0)
+
     def _close_all(self) -> None:
         for failing in self._failing.values():
             reason = f"audio not written by the hub ({failing.reason}): {failing.frames} frames"
@@ -862,6 +952,7 @@ class _WavWriter:
                 self._close(key)
             except Exception:
                 log.exception("audio segment not closed device=%s/%s", *key)
+        self._retry_unclosed(last=True)
 
 
 # files -------------------------------------------------------------------------------------------

@@ -540,3 +540,64 @@ async def test_a_full_disk_is_one_gap_and_nothing_is_left_unindexed(tmp_path: Pa
         await rec.stop()
         await index.close()
         await asyncio.to_thread(subprocess.run, ["umount", "-l", str(storage)], check=False)
+
+
+async def test_a_segment_whose_close_hits_a_full_disk_is_kept_whole_and_indexed(
+    tmp_path: Path,
+) -> None:
+    """The disk fills between two flushes and the segment's close is the first write to fail
+    (a real full tmpfs): the file's buffered end is kept and written when there is room, and
+    the segment is indexed whole with no gap. Before, the handle was dropped and the file
+    waited in .incoming/ for the next start: the full chaos run found a 10 s hole in two seat
+    tracks with no gap record."""
+    storage = tmp_path / "recordings"
+    if not _mount_small_tmpfs(storage):
+        pytest.skip("cannot mount a tmpfs here (needs root in a privileged container)")
+    index = await RecordingIndex.open(tmp_path / DB_FILE, storage)
+    clock = Clock()
+    config = RecorderConfig(segment_s=1, audio_jitter_ms=100, microphones=[MIC])
+    rec = AudioRecorder(config, storage_root=storage, index=index, clock=clock)
+    ballast = storage / "ballast"
+    pcm = channels(3.0)
+    frames = frames_of(pcm)  # 150 frames of 20 ms, 640 bytes per seat each
+    # 44 frames on disk: a file of 28,204 bytes, 468 bytes left in its last tmpfs page. The 6
+    # frames to the cut (3,840 bytes) fit in the file's 4 kB buffer, so writing them works
+    # and only the flushes fail, the close's being the last
+    on_disk = 44 + 44 * SPF * 2
+
+    def flushed() -> bool:
+        files = [p for t in TRACKS for p in (storage / t / ".incoming").glob("*.wav")]
+        return len(files) == len(TRACKS) and all(p.stat().st_size >= on_disk for p in files)
+
+    try:
+        await rec.start()
+        feed(rec, frames[:44])
+        await wait_for(flushed)
+        with ballast.open("wb") as f, contextlib.suppress(OSError):  # the disk fills up
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        feed(rec, frames[44:50])
+        await wait_for(lambda: len(rec._writer._unclosed) == len(TRACKS))
+        assert rec.summary()["write_errors"] > 0
+        ballast.unlink()  # space is back
+        clock.now += 2.0  # past the retry time
+        feed(rec, frames[50:])
+        await rec.stop()
+        assert await index.gaps() == []  # nothing was lost
+        assert not [p for t in TRACKS for p in (storage / t / ".incoming").glob("*.wav")]
+        for ch, track in enumerate(TRACKS):
+            segs = await index.segments(camera=track)
+            assert [(s.start_ms - T0_US // 1000, s.end_ms - T0_US // 1000) for s in segs] == [
+                (0, 1000),
+                (1000, 2000),
+                (2000, 3000),
+            ]
+            got = np.concatenate([read_wav(storage / s.path) for s in segs])
+            np.testing.assert_array_equal(got, pcm[:, ch])
+        report = verify_recordings(tmp_path / DB_FILE, storage)
+        assert report.ok, report.problems
+    finally:
+        await rec.stop()
+        await index.close()
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(storage)], check=False)
