@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 HUB_PASSWORD = "bench-hub"  # a throw-away broker on a temp dir, never a real court's
 VM_BINARY = "/usr/bin/victoria-metrics"
+#: the bound docs/DEPLOYMENT.md advises (and tests/telemetry/conftest.py starts it with)
+VM_MEMORY_ALLOWED = "128MiB"
 #: the 5 metrics of every message; VictoriaMetrics names them ``device_<metric>``
 METRICS = ("temperature_c", "humidity_pct", "co2_ppm", "input_voltage_v", "load_pct")
 TARGET_POINTS_PER_S = 20_000
@@ -87,6 +89,9 @@ class TelemetryBenchOptions:
     #: the hub's MQTT connection in its own process (``[broker] network_process``), or in a
     #: thread of the hub (for the A/B in docs/BENCHMARKS.md)
     network_process: bool = True
+    #: VictoriaMetrics' ``-memory.allowedBytes``: what docs/DEPLOYMENT.md advises for a court
+    #: running it beside the hub (as the tests start it); "" = its own default (60 % of RAM)
+    vm_memory: str = VM_MEMORY_ALLOWED
 
 
 # processes --------------------------------------------------------------------------------------
@@ -95,8 +100,9 @@ class TelemetryBenchOptions:
 class _VictoriaMetrics:
     """A private victoria-metrics (Debian's package) on a free loopback port."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, memory_allowed: str) -> None:
         self.port = free_port()
+        self.memory_allowed = memory_allowed
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = work / "vm"
         self._proc: asyncio.subprocess.Process | None = None
@@ -107,10 +113,11 @@ class _VictoriaMetrics:
 
     async def start(self) -> None:
         log_file = await asyncio.to_thread(open, self.dir.with_suffix(".log"), "ab")
+        flags = [f"-memory.allowedBytes={self.memory_allowed}"] if self.memory_allowed else []
         with log_file:
             self._proc = await asyncio.create_subprocess_exec(
                 VM_BINARY, f"-storageDataPath={self.dir}",
-                f"-httpListenAddr=127.0.0.1:{self.port}", "-retentionPeriod=100y",
+                f"-httpListenAddr=127.0.0.1:{self.port}", "-retentionPeriod=100y", *flags,
                 stdout=log_file, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
         await _wait_http(f"{self.url}/health", 30.0)
@@ -467,7 +474,7 @@ async def run_telemetry_bench(options: TelemetryBenchOptions) -> dict[str, Any]:
     # room for the whole flood in the hub's session queue (as in bench/ingest.py): a flood
     # measures how fast the hub drains a backlog, not the production queue limit
     broker = MosquittoBroker(work / "broker", accounts, max_queued_messages=2 * total)
-    vm = _VictoriaMetrics(work)
+    vm = _VictoriaMetrics(work, options.vm_memory)
     result: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -737,6 +744,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the hub's MQTT connection in a thread of the hub ([broker] network_process = false)",
     )
+    parser.add_argument(
+        "--vm-memory",
+        default=defaults.vm_memory,
+        help="VictoriaMetrics' -memory.allowedBytes ('' = its default, 60%% of RAM)",
+    )
     args = parser.parse_args(argv)
     # force: under `courthub bench telemetry` the CLI has configured INFO logging already
     logging.basicConfig(
@@ -752,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
         sinks=_SINKS if args.sinks == "both" else (args.sinks,),
         network_process=not args.thread_ingest,
+        vm_memory=args.vm_memory,
     )
     result = asyncio.run(run_telemetry_bench(options))
     print(table(result), flush=True)
