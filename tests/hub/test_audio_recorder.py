@@ -13,6 +13,7 @@ import struct
 import subprocess
 import wave
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -491,10 +492,32 @@ def _mount_small_tmpfs(where: Path) -> bool:
     return done.returncode == 0
 
 
-async def test_a_full_disk_is_one_gap_and_nothing_is_left_unindexed(tmp_path: Path) -> None:
-    """Frames that cannot be written (a real full tmpfs) become one gap with the reason; the
-    files that could not be closed are indexed once space is back; nothing stays in .incoming
-    and the recordings verify (the chaos suite found 54 stub WAVs, none indexed, no gap)."""
+@dataclass
+class SmallDisk:
+    """A started recorder writing to a real 1 MB tmpfs, and a ballast file to fill it."""
+
+    root: Path  # the test's tmp_path: the index database is there
+    storage: Path
+    index: RecordingIndex
+    clock: Clock
+    rec: AudioRecorder
+
+    def fill(self) -> None:
+        """Write ballast until the disk is full (to the last page)."""
+        with (self.storage / "ballast").open("wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+
+    def free(self) -> None:
+        (self.storage / "ballast").unlink()
+
+    def incoming(self) -> list[Path]:
+        return [p for t in TRACKS for p in (self.storage / t / ".incoming").glob("*.wav")]
+
+
+@pytest.fixture
+async def small_disk(tmp_path: Path) -> AsyncIterator[SmallDisk]:
     storage = tmp_path / "recordings"
     if not _mount_small_tmpfs(storage):
         pytest.skip("cannot mount a tmpfs here (needs root in a privileged container)")
@@ -502,62 +525,61 @@ async def test_a_full_disk_is_one_gap_and_nothing_is_left_unindexed(tmp_path: Pa
     clock = Clock()
     config = RecorderConfig(segment_s=1, audio_jitter_ms=100, microphones=[MIC])
     rec = AudioRecorder(config, storage_root=storage, index=index, clock=clock)
-    ballast = storage / "ballast"
     try:
         await rec.start()
-        frames = frames_of(channels(3.0))  # 150 frames of 20 ms
-        feed(rec, frames[:20])  # 0.4 s recorded
-        await wait_for(lambda: any((storage / t / ".incoming").glob("*.wav") for t in TRACKS))
-        with ballast.open("wb") as f, contextlib.suppress(OSError):  # the disk fills up
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        feed(rec, frames[20:70])  # 1 s the hub cannot write
-        await wait_for(lambda: rec.summary()["write_errors"] > 0)
-
-        def held_through(ms: int) -> bool:
-            # the writer thread has taken the frames up to ``ms`` (failed or held); advancing
-            # the clock before would let it write the rest on a disk with space again
-            failing = rec._writer._failing.get((MIC.agent, MIC.device))
-            return failing is not None and failing.to_us >= T0_US + ms * 1000
-
-        await wait_for(lambda: held_through(1200))
-        ballast.unlink()  # space is back
-        clock.now += 2.0  # past the retry time
-        feed(rec, frames[70:])
-        await rec.stop()
-        gaps = await index.gaps()
-        assert sorted(g.camera for g in gaps) == sorted(TRACKS)
-        for g in gaps:
-            assert "No space left on device" in g.reason
-            assert g.from_ms <= T0_US // 1000 + 1000 <= (g.to_ms or 0)
-        assert not [p for t in TRACKS for p in (storage / t / ".incoming").glob("*.wav")]
-        for track in TRACKS:
-            segs = await index.segments(camera=track)
-            assert segs and segs[-1].end_ms == T0_US // 1000 + 3000
-        assert verify_recordings(tmp_path / DB_FILE, storage).ok
+        yield SmallDisk(tmp_path, storage, index, clock, rec)
     finally:
         await rec.stop()
         await index.close()
         await asyncio.to_thread(subprocess.run, ["umount", "-l", str(storage)], check=False)
 
 
+async def test_a_full_disk_is_one_gap_and_nothing_is_left_unindexed(small_disk: SmallDisk) -> None:
+    """Frames that cannot be written (a real full tmpfs) become one gap with the reason; the
+    files that could not be closed are indexed once space is back; nothing stays in .incoming
+    and the recordings verify (the chaos suite found 54 stub WAVs, none indexed, no gap)."""
+    disk = small_disk
+    rec = disk.rec
+    frames = frames_of(channels(3.0))  # 150 frames of 20 ms
+    feed(rec, frames[:20])  # 0.4 s recorded
+    await wait_for(disk.incoming)
+    disk.fill()
+    feed(rec, frames[20:70])  # 1 s the hub cannot write
+    await wait_for(lambda: rec.summary()["write_errors"] > 0)
+
+    def held_through(ms: int) -> bool:
+        # the writer thread has taken the frames up to ``ms`` (failed or held); advancing
+        # the clock before would let it write the rest on a disk with space again
+        failing = rec._writer._failing.get((MIC.agent, MIC.device))
+        return failing is not None and failing.to_us >= T0_US + ms * 1000
+
+    await wait_for(lambda: held_through(1200))
+    disk.free()
+    disk.clock.now += 2.0  # past the retry time
+    feed(rec, frames[70:])
+    await rec.stop()
+    gaps = await disk.index.gaps()
+    assert sorted(g.camera for g in gaps) == sorted(TRACKS)
+    for g in gaps:
+        assert "No space left on device" in g.reason
+        assert g.from_ms <= T0_US // 1000 + 1000 <= (g.to_ms or 0)
+    assert not disk.incoming()
+    for track in TRACKS:
+        segs = await disk.index.segments(camera=track)
+        assert segs and segs[-1].end_ms == T0_US // 1000 + 3000
+    assert verify_recordings(disk.root / DB_FILE, disk.storage).ok
+
+
 async def test_a_segment_whose_close_hits_a_full_disk_is_kept_whole_and_indexed(
-    tmp_path: Path,
+    small_disk: SmallDisk,
 ) -> None:
     """The disk fills between two flushes and the segment's close is the first write to fail
     (a real full tmpfs): the file's buffered end is kept and written when there is room, and
     the segment is indexed whole with no gap. Before, the handle was dropped and the file
     waited in .incoming/ for the next start: the full chaos run found a 10 s hole in two seat
     tracks with no gap record."""
-    storage = tmp_path / "recordings"
-    if not _mount_small_tmpfs(storage):
-        pytest.skip("cannot mount a tmpfs here (needs root in a privileged container)")
-    index = await RecordingIndex.open(tmp_path / DB_FILE, storage)
-    clock = Clock()
-    config = RecorderConfig(segment_s=1, audio_jitter_ms=100, microphones=[MIC])
-    rec = AudioRecorder(config, storage_root=storage, index=index, clock=clock)
-    ballast = storage / "ballast"
+    disk = small_disk
+    rec = disk.rec
     pcm = channels(3.0)
     frames = frames_of(pcm)  # 150 frames of 20 ms, 640 bytes per seat each
     # 44 frames on disk: a file of 28,204 bytes, 468 bytes left in its last tmpfs page. The 6
@@ -566,38 +588,29 @@ async def test_a_segment_whose_close_hits_a_full_disk_is_kept_whole_and_indexed(
     on_disk = 44 + 44 * SPF * 2
 
     def flushed() -> bool:
-        files = [p for t in TRACKS for p in (storage / t / ".incoming").glob("*.wav")]
+        files = disk.incoming()
         return len(files) == len(TRACKS) and all(p.stat().st_size >= on_disk for p in files)
 
-    try:
-        await rec.start()
-        feed(rec, frames[:44])
-        await wait_for(flushed)
-        with ballast.open("wb") as f, contextlib.suppress(OSError):  # the disk fills up
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        feed(rec, frames[44:50])
-        await wait_for(lambda: len(rec._writer._unclosed) == len(TRACKS))
-        assert rec.summary()["write_errors"] > 0
-        ballast.unlink()  # space is back
-        clock.now += 2.0  # past the retry time
-        feed(rec, frames[50:])
-        await rec.stop()
-        assert await index.gaps() == []  # nothing was lost
-        assert not [p for t in TRACKS for p in (storage / t / ".incoming").glob("*.wav")]
-        for ch, track in enumerate(TRACKS):
-            segs = await index.segments(camera=track)
-            assert [(s.start_ms - T0_US // 1000, s.end_ms - T0_US // 1000) for s in segs] == [
-                (0, 1000),
-                (1000, 2000),
-                (2000, 3000),
-            ]
-            got = np.concatenate([read_wav(storage / s.path) for s in segs])
-            np.testing.assert_array_equal(got, pcm[:, ch])
-        report = verify_recordings(tmp_path / DB_FILE, storage)
-        assert report.ok, report.problems
-    finally:
-        await rec.stop()
-        await index.close()
-        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(storage)], check=False)
+    feed(rec, frames[:44])
+    await wait_for(flushed)
+    disk.fill()
+    feed(rec, frames[44:50])
+    await wait_for(lambda: len(rec._writer._unclosed) == len(TRACKS))
+    assert rec.summary()["write_errors"] > 0
+    disk.free()
+    disk.clock.now += 2.0  # past the retry time
+    feed(rec, frames[50:])
+    await rec.stop()
+    assert await disk.index.gaps() == []  # nothing was lost
+    assert not disk.incoming()
+    for ch, track in enumerate(TRACKS):
+        segs = await disk.index.segments(camera=track)
+        assert [(s.start_ms - T0_US // 1000, s.end_ms - T0_US // 1000) for s in segs] == [
+            (0, 1000),
+            (1000, 2000),
+            (2000, 3000),
+        ]
+        got = np.concatenate([read_wav(disk.storage / s.path) for s in segs])
+        np.testing.assert_array_equal(got, pcm[:, ch])
+    report = verify_recordings(disk.root / DB_FILE, disk.storage)
+    assert report.ok, report.problems
