@@ -91,8 +91,9 @@ KNOWN_BUGS: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
         "telemetry",
         ("hub kill -9", "mixed faults"),
         ("not in", "e.g. lost"),
-        "points the broker counts as delivered die with a kill -9 when they are still in the hub's"
-        " last ingest tick (~2 ms), before the hand-over to the sink processes",
+        "points the broker counts as delivered die with a hub kill -9 while between the MQTT"
+        " process's PUBACK and the hand-over to the sink processes (its 1-5 ms batch, the pipe,"
+        " the hub's ingest tick); closing it needs manual acks sent after the hand-over",
     ),
 )
 
