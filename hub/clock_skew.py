@@ -35,8 +35,10 @@ timestamp with the hub's receive time:
   clock, or stamped behind it *before* the agent's previous message, is filed at its receive
   time (the closest the hub knows; its own stamp would land an hour ahead, or on top of points
   already stored); a message merely behind keeps the agent's timestamp (it may just be late:
-  the hub does not guess). Outbox replays (``historical``) and retained messages are neither
-  measured nor corrected: they were stamped at an unknown earlier time.
+  the hub does not guess). An offset adopted after messages filed at their arrival is lowered
+  just enough that the agent's next stamps file after them: its points stay in its order.
+  Outbox replays (``historical``) and retained messages are neither measured nor corrected:
+  they were stamped at an unknown earlier time.
 
 Pure bookkeeping on the event loop: no I/O. Offset changes go to listeners (sync, on the loop);
 :class:`SkewAlerter` turns them into alert-board tasks, so the ingest path never waits.
@@ -96,6 +98,9 @@ class AgentSkew:
     #: offset behind without proof is only reported (see "Proven or not")
     corrects: bool = True
     candidate: _Candidate | None = field(default=None, repr=False)
+    #: the latest receive time a message of this agent was filed under (between a step and its
+    #: confirmation): an adopted offset must file later messages after it
+    arrival_filed_ms: int | None = field(default=None, repr=False)
 
 
 class ClockSkew:
@@ -171,7 +176,7 @@ class ClockSkew:
                 state.corrected += 1
                 return ts_ms - state.offset_ms
             return ts_ms
-        self._disagree(state, sample, received_ms, went_back)
+        self._disagree(state, sample, ts_ms, received_ms, went_back)
         if state.offset_ms and abs(sample - state.offset_ms) <= self.threshold_ms:
             if not state.corrects:
                 return ts_ms
@@ -185,11 +190,14 @@ class ClockSkew:
             # the receive time is the closest the hub knows; the agent's stamp would file it an
             # hour ahead, or on top of what is stored already
             state.corrected += 1
+            state.arrival_filed_ms = max(received_ms, state.arrival_filed_ms or received_ms)
             return received_ms
         state.unexplained += 1
         return ts_ms
 
-    def _disagree(self, state: AgentSkew, sample: int, received_ms: int, went_back: bool) -> None:
+    def _disagree(
+        self, state: AgentSkew, sample: int, ts_ms: int, received_ms: int, went_back: bool
+    ) -> None:
         cand = state.candidate
         if cand is None or abs(sample - cand.best_ms) > self.threshold_ms:
             cand = state.candidate = _Candidate(sample, received_ms, went_back=went_back)
@@ -204,6 +212,13 @@ class ClockSkew:
         if not proven and received_ms - cand.first_received_ms < self.confirm_behind_ms:
             return
         offset = 0 if abs(cand.best_ms) <= self.threshold_ms else cand.best_ms
+        if offset and proven and state.arrival_filed_ms is not None:
+            # The unconfirmed messages were filed at their arrival, which includes their delay;
+            # the offset comes from the least delayed one. With a quick message first and slow
+            # ones after, ``ts - offset`` of this and later messages could fall before a slow
+            # one's arrival: later points stored before earlier ones (a "latest value" going
+            # back in time). Filing this message 1 ms after them keeps the agent's order.
+            offset = min(offset, ts_ms - state.arrival_filed_ms - 1)
         previous = state.offset_ms
         state.offset_ms = offset
         state.corrects = proven

@@ -58,6 +58,26 @@ def test_forward_step_is_adopted_after_a_few_messages_and_filed_on_the_hub_clock
     assert skew.stats()["court-1"]["steps"] == 1
 
 
+def test_a_step_confirmed_by_slower_messages_keeps_the_agent_order() -> None:
+    """The first message after a step arrives quickly, the next ones slowly: those before the
+    confirmation are filed at their (late) arrival, and the offset comes from the quick one.
+    Filing later messages at ``stamp - offset`` must not put them before those arrivals: the
+    console's "latest value" would go back in time (seen on a loaded hub)."""
+    skew = ClockSkew(confirm_messages=3)
+    agent = Agent(skew, every_ms=100)
+    agent.run(5)
+    agent.offset_ms = HOUR
+    agent.delay_ms = 2
+    sent = agent.run(1)
+    agent.delay_ms = 400
+    sent += agent.run(6)
+    filed = [f for _, f in sent]
+    assert filed == sorted(filed) and len(set(filed)) == len(filed), filed
+    assert abs(skew.offset_ms("court-1") - HOUR) <= 500  # still the measured step
+    for stamped, f in sent:
+        assert abs(f - (stamped - HOUR)) <= 500
+
+
 def test_backward_step_is_adopted_at_once_and_never_files_over_stored_points() -> None:
     """Timestamps going backwards cannot be a backlog: the step is believed after a few
     messages, and those before it are filed at their arrival, not 5 s back on top of the
