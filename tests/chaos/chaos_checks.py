@@ -85,16 +85,9 @@ class Check:
 #: ``make test`` reports them as KNOWN; ``make chaos`` (COURTHUB_CHAOS_STRICT=1) fails on them.
 KNOWN_BUGS: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
     # fixed since the suite found them: serial_link's spurious "end of file" on a VMIN=0 tty
-    # (device_drivers/serial_link.py) and the hub's own downtime missing from the gap records
-    # (hub/downtime_gaps.py)
-    (
-        "telemetry",
-        ("hub kill -9", "mixed faults"),
-        ("not in", "e.g. lost"),
-        "points the broker counts as delivered die with a hub kill -9 while between the MQTT"
-        " process's PUBACK and the hand-over to the sink processes (its 1-5 ms batch, the pipe,"
-        " the hub's ingest tick); closing it needs manual acks sent after the hand-over",
-    ),
+    # (device_drivers/serial_link.py), the hub's own downtime missing from the gap records
+    # (hub/downtime_gaps.py), and telemetry lost by a hub kill -9 between paho's automatic
+    # PUBACK and the hand-over to the sinks (manual acks: hub/mqtt_process.py)
 )
 
 
