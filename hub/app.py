@@ -322,6 +322,11 @@ async def _start_telemetry(
         await sink.start()
         # stopped after the pipeline's listener is gone (exit stack: reverse order)
         parts.push_async_callback(_logged, f"telemetry sink {sink.name} stop", sink.stop)
+    for sink in sinks:
+        if isinstance(sink, SinkProcess):
+            # the broker's acks wait until the batch's points are in this sink's pipe
+            service.ingest.hand_overs.append(sink.handed_over)
+            parts.callback(service.ingest.hand_overs.remove, sink.handed_over)
     store = next((s for s in sinks if isinstance(s, EmbeddedStore)), None)
     if store is None and section.embedded.enabled:
         # the writer is a child process: the charts read telemetry.db beside it

@@ -239,7 +239,10 @@ class MosquittoBroker:
                     # the hub's persistent session must survive a burst while it restarts or
                     # lags; beyond this Mosquitto drops, and the hub reports the seq gap as lost
                     f"max_queued_messages {self.max_queued_messages}",
-                    "max_inflight_messages 100",
+                    # QoS 1 messages sent to a client and not yet acknowledged. The hub acks
+                    # only once a batch is handled and in the sinks' pipes (~5-15 ms while
+                    # busy, hub/mqtt_process.py): at 22,000 msg/s that is a few hundred
+                    "max_inflight_messages 1000",
                     "log_dest stderr",
                     "log_type error",
                     "log_type warning",

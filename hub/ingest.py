@@ -37,11 +37,12 @@ device states) are delivered at subscribe time and flagged ``retained``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -156,6 +157,16 @@ class Ingest:
         #: ~10 % of the network thread's time per message.
         self._topics: dict[str, Topic] = {}
         self._room_async: asyncio.Event | None = None
+        # process mode: a batch's ack goes to the broker once its messages are handled and
+        # every ``hand_overs`` barrier passed (see hub/mqtt_process.py, "Acknowledgements")
+        self._enqueued = 0
+        self._consumed = 0
+        self._acks: deque[tuple[int, Callable[[], None]]] = deque()
+        self._ack_wake: asyncio.Event | None = None
+        self._ack_task: asyncio.Task[None] | None = None
+        #: awaited before acks are sent: the telemetry sink processes' "all written is in my
+        #: pipe" (:meth:`hub.sink_process.SinkProcess.handed_over`), added by the app
+        self.hand_overs: list[Callable[[], Awaitable[None]]] = []
         subs = (
             [Subscription(HUB_FILTER, qos=1, no_local=True)]
             if subscriptions is None
@@ -196,6 +207,9 @@ class Ingest:
         self._room_async = asyncio.Event()
         self._room_async.set()
         self._stopping.clear()
+        if isinstance(self.link, MqttProcess):
+            self._ack_wake = asyncio.Event()
+            self._ack_task = asyncio.create_task(self._ack_loop(), name="ingest-acks")
         await self.link.start()
 
     async def stop(self, timeout_s: float = 2.0) -> None:
@@ -215,6 +229,15 @@ class Ingest:
         self._room.set()  # release a network thread waiting for room
         if self._room_async is not None:
             self._room_async.set()
+        if self._ack_task is not None:
+            # what was received so far is handled and acknowledged before the DISCONNECT;
+            # the little that comes after it the broker sends again at the next start
+            self._ack_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ack_task
+            self._ack_task = None
+            self._drain_all()
+            await self._ack_ready()
         await self.link.stop()
         self._drain_all()
 
@@ -308,9 +331,12 @@ class Ingest:
             pass
 
     # event loop ---------------------------------------------------------------------------------
-    async def _on_batch(self, batch: list[RawMessage]) -> None:
-        """Process mode: raw messages from the child, queued for the drain in arrival order."""
+    async def _on_batch(self, batch: list[RawMessage], ack: Callable[[], None]) -> None:
+        """Process mode: raw messages from the child, queued for the drain in arrival order;
+        ``ack`` once they are handled and handed over (:meth:`_ack_loop`)."""
         self._queue.extend(batch)
+        self._enqueued += len(batch)
+        self._acks.append((self._enqueued, ack))
         if not self._scheduled:
             self._scheduled = True
             assert self._loop is not None
@@ -338,14 +364,19 @@ class Ingest:
         self.counters.batches += 1
         deadline = time.perf_counter() + self.tick_budget_s
         consume = self._consume
+        done = 0
         for i in range(self.batch_size):
             try:
                 item = self._queue.popleft()
             except IndexError:
                 break
             consume(item)
+            done += 1
             if i % 16 == 15 and time.perf_counter() > deadline:
                 break
+        self._consumed += done
+        if self._acks and self._acks[0][0] <= self._consumed and self._ack_wake is not None:
+            self._ack_wake.set()
         if len(self._queue) < self.max_pending // 2:
             self._room.set()
             if self._room_async is not None:
@@ -360,6 +391,31 @@ class Ingest:
     def _drain_all(self) -> None:
         while self._queue:
             self._consume(self._queue.popleft())
+            self._consumed += 1
+
+    async def _ack_loop(self) -> None:
+        """Acks for the broker: every batch whose messages the drain handled, once what they
+        gave the sinks is in the sinks' pipes (a hub ``kill -9`` before then loses nothing:
+        the broker sends the unacknowledged messages again)."""
+        assert self._ack_wake is not None
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            await self._ack_ready()
+
+    async def _ack_ready(self) -> None:
+        ready: list[Callable[[], None]] = []
+        while self._acks and self._acks[0][0] <= self._consumed:
+            ready.append(self._acks.popleft()[1])
+        if not ready:
+            return
+        for barrier in self.hand_overs:
+            try:
+                await barrier()
+            except Exception:  # a sink's trouble must not stop acks (and so ingest)
+                log.exception("telemetry hand-over failed; acknowledging anyway")
+        for ack in ready:
+            ack()
 
     def _handle(self, item: Item) -> None:
         try:

@@ -19,6 +19,7 @@ Pipe protocol (frames of :mod:`hub.pipe_frames`). Hub → child (stdin):
 
 - ``C`` config (JSON: broker, account, client id, subscriptions, session, will) — first frame;
 - ``P`` publish (msgpack ``[request id, topic, payload, qos, retain]``; id 0: fire and forget);
+- ``K`` acknowledge (8 bytes, big-endian): every ``M`` frame up to that count (from 1) is safe;
 - ``S`` stop: disconnect cleanly (no will), send every message received, then ``X``, exit;
 - end of file without ``S``: the hub died. The child exits at once *without* a DISCONNECT, so the
   broker publishes the hub's will and keeps what it had not delivered for the hub's session.
@@ -30,11 +31,16 @@ Child → hub (stdout):
 - ``A`` publish answer (msgpack ``[request id, error kind, text]``; kind "" = acknowledged);
 - ``X`` stopped.
 
-Acknowledgements and loss (be precise): paho acknowledges a QoS 1 message once the child's
-callback has put it in its buffer (at most ``max_buffer`` messages; the network thread waits
-when it is full, which holds the broker back). From there a message is the hub's: a ``kill -9``
-of the hub loses what the child's buffer, the pipe and the hub's ingest queue held — the same
-window as paho's thread inside the hub had (its queue), now spread over three bounded places.
+Acknowledgements and loss (be precise): the child acknowledges a QoS 1 message to the broker only
+when the hub says so (``K``), and the hub says so once the batch was handled and what it gave the
+telemetry sinks' processes is in their pipes (``on_batch``'s ``ack``). Until then the broker
+holds the message for the hub's persistent session: a ``kill -9`` of the hub (the child then
+exits without a DISCONNECT) gets it delivered again when the hub is back, and the sinks store
+it once. Before, paho acknowledged on receipt and a ``kill -9`` lost what the child's batch, the
+pipe and the hub's ingest tick held (1 telemetry point in two of three full chaos runs). The
+broker sends at most its in-flight limit of unacknowledged messages (``max_inflight_messages``,
+hub/broker.py), which bounds that window. A message acknowledged before a connection dropped is
+not acknowledged on the next one (message ids are per connection); the broker sends it again.
 A clean stop loses nothing: the child sends its buffer before it exits and the hub drains it.
 
 The child ignores SIGTERM and SIGINT (systemd signals the whole service; the hub's clean stop
@@ -46,7 +52,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -76,7 +84,8 @@ log = logging.getLogger(__name__)
 
 #: ``(topic, payload, retained)`` as received by the child
 RawMessage: TypeAlias = tuple[str, bytes, bool]
-BatchHandler: TypeAlias = Callable[[list[RawMessage]], Awaitable[None]]
+#: ``on_batch(batch, ack)``: ``ack()`` once every message of the batch is safe (see "Acknowledgements")
+BatchHandler: TypeAlias = Callable[[list[RawMessage], Callable[[], None]], Awaitable[None]]
 
 #: messages the child holds for the hub at most (paho's thread waits beyond it)
 DEFAULT_MAX_BUFFER: Final = 1_000
@@ -109,6 +118,12 @@ class _Child:
         self.stdin = proc.stdin
         self.stdout = proc.stdout
         self.stopped = False  # said ``X``
+        self.frames = 0  # ``M`` frames read
+
+    def ack(self, through: int) -> None:
+        """``K``: the child may acknowledge the messages of frames 1..``through``."""
+        if self.alive:
+            self.stdin.write(frame(b"K", through.to_bytes(8, "big")))
 
     @property
     def alive(self) -> bool:
@@ -309,7 +324,8 @@ class MqttProcess:
                 batch = self._decoder.decode(payload)
                 self.messages += len(batch)
                 self.batches += 1
-                await self._on_batch(batch)
+                child.frames += 1
+                await self._on_batch(batch, functools.partial(child.ack, child.frames))
             elif kind == b"L":
                 self._mark(payload == b"\x01")
             elif kind == b"A":
@@ -360,6 +376,15 @@ class _ChildSide:
         self._out_lock = threading.Lock()
         self._cond = threading.Condition()
         self._buffer: list[RawMessage] = []
+        #: (mid, qos, connection) of each buffered message, in the same order
+        self._buffer_ids: list[tuple[int, int, int]] = []
+        #: per ``M`` frame sent (counted from 1): its messages' ids, until the hub's ``K``
+        self._unacked: collections.deque[tuple[int, list[tuple[int, int, int]]]] = (
+            collections.deque()
+        )
+        self._frames_sent = 0
+        #: counts connections; an id is acknowledged only on the connection it came on
+        self._connection = 0
         self._max_buffer = int(config["max_buffer"])
         self._closing = False
         will_topic = config["will_topic"]
@@ -370,8 +395,8 @@ class _ChildSide:
             username=config["username"],
             password=config["password"],
             subscriptions=[Subscription(**s) for s in config["subscriptions"]],
-            on_message=self._on_message,
-            on_connect=lambda: self._send(b"L", b"\x01"),
+            on_acked_message=self._on_message,
+            on_connect=self._connected,
             on_disconnect=lambda _reason: self._send(b"L", b"\x00"),
             will_factory=(lambda: hub_offline_will(will_topic)) if will_topic else None,
             persistent_session=bool(config["persistent_session"]),
@@ -389,14 +414,32 @@ class _ChildSide:
                 # keeps the undelivered messages for the hub's session
                 os._exit(0)
 
+    def _connected(self) -> None:
+        with self._cond:
+            self._connection += 1
+        self._send(b"L", b"\x01")
+
     # paho's network thread
-    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+    def _on_message(self, topic: str, payload: bytes, retained: bool, mid: int, qos: int) -> None:
         with self._cond:
             while len(self._buffer) >= self._max_buffer and not self._closing:
                 self._cond.wait(0.5)  # the hub is behind: hold paho (and so the broker)
             self._buffer.append((topic, payload, retained))
+            self._buffer_ids.append((mid, qos, self._connection))
             if len(self._buffer) == 1:
                 self._cond.notify_all()
+
+    # the loop: the hub's ``K``
+    def _acked(self, through: int) -> None:
+        """Acknowledge the messages of every frame up to ``through`` (on their connection)."""
+        with self._cond:
+            connection = self._connection
+            done: list[tuple[int, int, int]] = []
+            while self._unacked and self._unacked[0][0] <= through:
+                done += self._unacked.popleft()[1]
+        for mid, qos, conn in done:
+            if qos and conn == connection:
+                self.link.ack(mid, qos)
 
     # the writer thread
     def _write_batches(self) -> None:
@@ -410,6 +453,9 @@ class _ChildSide:
             time.sleep(BUSY_COALESCE_S if last >= BUSY_BATCH else COALESCE_S)
             with self._cond:
                 batch, self._buffer = self._buffer, []
+                ids, self._buffer_ids = self._buffer_ids, []
+                self._frames_sent += 1
+                self._unacked.append((self._frames_sent, ids))
                 self._cond.notify_all()
             last = len(batch)
             self._send(b"M", _BATCH_ENCODER.encode(batch))
@@ -423,6 +469,8 @@ class _ChildSide:
             kind, payload = got
             if kind == b"P":
                 self._publish(*self._publish_decoder.decode(payload))
+            elif kind == b"K":
+                self._acked(int.from_bytes(payload, "big"))
             elif kind == b"S":
                 await self._stop(writer)
                 return 0

@@ -95,6 +95,9 @@ class _Child:
         assert proc.stdin is not None and proc.stdout is not None
         self.stdin = proc.stdin
         self.stdout = proc.stdout
+        # drain() returns only when the hub holds nothing back: "in the pipe" then means all
+        # of it (the default low-water mark left up to 16 kB in the hub's own buffer)
+        self.stdin.transport.set_write_buffer_limits(high=2**16, low=0)
         self.ready = asyncio.get_running_loop().create_future()
         self.sent = 0
         self.stats: dict[str, float] = {}
@@ -188,6 +191,18 @@ class SinkProcess:
                     self._dropped,
                 )
         self._wake.set()
+
+    async def handed_over(self) -> None:
+        """Returns once everything written so far is in the child's pipe: from there a hub
+        ``kill -9`` cannot lose it (the child reads it to the end and stores it). The hub
+        acknowledges telemetry to the broker only after this. While the child is down (being
+        restarted) it returns at once: holding the acks would stop all ingest."""
+        child = self._child
+        if child is None or not child.alive:
+            return
+        self._send_pending(child)
+        with contextlib.suppress(ConnectionError):
+            await child.stdin.drain()
 
     async def flush(self) -> None:
         """Everything written so far is in the child's sink and flushed there (stored, or

@@ -32,6 +32,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[str, bytes, bool], None]
+#: ``(topic, payload, retained, mid, qos)``: a message of a ``manual_ack`` link; hand ``mid``
+#: and ``qos`` to :meth:`MqttLink.ack` once the message is safe
+AckedMessageCallback = Callable[[str, bytes, bool, int, int], None]
 
 
 class NotConnected(ConnectionError):
@@ -160,14 +163,14 @@ class _BufferedClient(paho.Client):
         for every incoming PUBLISH: measured ~30 % of the network thread at 10k msg/s. Agents
         publish without properties, so when the property length is 0 the message gets a shared,
         empty ``Properties`` (read-only by convention: :class:`MqttLink` never looks at it).
-        Anything else — MQTT 3, QoS 2, manual acks, topic aliases, properties present — goes to
-        paho's own handler. (paho's per-message debug log line is skipped; MqttLink sets no paho
+        Anything else — MQTT 3, QoS 2, topic aliases, properties present — goes to paho's own
+        handler. With manual acks the PUBACK is left to :meth:`MqttLink.ack`, as paho does. (paho's per-message debug log line is skipped; MqttLink sets no paho
         logger.)
         """
         command = self._in_packet["command"]
         packet = self._in_packet["packet"]
         qos = (command & 0x06) >> 1
-        if self._protocol != paho.MQTTv5 or qos == 2 or self._manual_ack or len(packet) < 3:
+        if self._protocol != paho.MQTTv5 or qos == 2 or len(packet) < 3:
             return super()._handle_publish()
         slen = (packet[0] << 8) | packet[1]
         props_at = 2 + slen + (2 if qos else 0)
@@ -187,7 +190,7 @@ class _BufferedClient(paho.Client):
         message.payload = bytes(packet[props_at + 1 :])
         message.timestamp = paho.time_func()
         self._deliver(message)
-        if qos == 0:
+        if qos == 0 or self._manual_ack:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return self._send_puback(message.mid)
 
@@ -262,6 +265,7 @@ class MqttLink:
         password: str | None = None,
         subscriptions: Sequence[Subscription] = (),
         on_message: MessageCallback | None = None,
+        on_acked_message: AckedMessageCallback | None = None,
         on_connect: Callable[[], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
         will_factory: Callable[[], Will | None] | None = None,
@@ -273,6 +277,8 @@ class MqttLink:
         self.client_id = client_id
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
+        #: given: the link acknowledges nothing itself; the owner calls :meth:`ack` per message
+        self._on_acked_message = on_acked_message
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
         self._will_factory = will_factory
@@ -299,6 +305,7 @@ class MqttLink:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
+            manual_ack=on_acked_message is not None,
         )
         user = username if username is not None else url.username
         secret = password if password is not None else url.password
@@ -347,6 +354,15 @@ class MqttLink:
         except TimeoutError:
             return False
         return True
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a received message (links built with ``on_acked_message``); any thread.
+
+        Until then the broker keeps it for this session: a connection lost before the ack
+        gets it again on reconnect (with a persistent session), so nothing is lost with a
+        consumer that dies before the message was safe."""
+        if qos:
+            self._client.ack(mid, qos)
 
     async def stop(self) -> None:
         """Disconnect cleanly (no will is sent) and stop the network thread."""
@@ -475,10 +491,13 @@ class MqttLink:
             self._to_loop(self._on_disconnect_cb, reason)
 
     def _paho_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if self._on_message is None:
-            return
         try:
-            self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
+            if self._on_acked_message is not None:
+                self._on_acked_message(
+                    msg.topic, bytes(msg.payload), bool(msg.retain), msg.mid, msg.qos
+                )
+            elif self._on_message is not None:
+                self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
         except Exception:  # a consumer bug must not kill paho's network thread
             log.exception("mqtt message handler failed topic=%s", msg.topic[:120])
 
