@@ -586,7 +586,12 @@ async def check_all(
     recordings = await wait_ok(lambda: check_recordings(court, since, reported), wait_s)
     window.holes.update(d for d in recordings.details if "without a gap" in d)
     report.checks.append(recordings)
-    report.checks.append(await wait_ok(lambda: transcript.check(court, fault_end_ms), wait_s))
+    # "no new final yet" is not a loss that stays: a fresh final needs a whole speaking round
+    # after the fault, and after a hub restart the recogniser first works through the audio the
+    # broker sends again, so this check waits its full time rather than the 12 s stall
+    report.checks.append(
+        await wait_ok(lambda: transcript.check(court, fault_end_ms), wait_s, stall_s=wait_s)
+    )
     report.checks.append(await check_audit(court))
     strict = os.environ.get("COURTHUB_CHAOS_STRICT") == "1"
     report.checks = [mark_known(c, fault, strict=strict) for c in report.checks]

@@ -83,6 +83,7 @@ class Agent:
     async def answer(self, ticket: Ticket) -> None:
         info = self.client.publish("kiosk/k1/down", encode_down(ticket), qos=1)
         await asyncio.to_thread(info.wait_for_publish, 5.0)
+        assert info.is_published(), "the broker did not take the answer"
 
 
 def last_printer(agent: Agent) -> str | None:
@@ -249,11 +250,14 @@ async def test_paper_runs_out_and_jams_clear(agent: Agent, start_kiosk: Any) -> 
             jam_probability=0.0,
         )
     )
-    for number in ("A001", "A002", "A003"):
-        kiosk.request_ticket("filing")
-        await wait_for(lambda: kiosk.pending, "request")
-        (req,) = (p.msg for p in kiosk.pending.values())
-        assert isinstance(req, TicketRequest)
+    for i, number in enumerate(("A001", "A002", "A003")):
+        rid = kiosk.request_ticket("filing")
+        # answer the request the agent received, as a real agent does: the kiosk's SUBSCRIBE
+        # went out before it on the same connection. Answering from kiosk.pending raced it
+        # (CI once lost the first answer: published before the broker had the subscription)
+        await wait_for(lambda i=i: len(agent.of(TicketRequest)) > i, "request at the agent")
+        req = agent.of(TicketRequest)[i]
+        assert req.request_id == rid
         await agent.answer(ticket_for(req, number))
         await wait_for(lambda: not kiosk.pending, "answered")
     await wait_for(lambda: len(agent.of(PrintDone)) == 3, "three print results")
