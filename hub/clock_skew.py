@@ -37,8 +37,11 @@ timestamp with the hub's receive time:
   already stored); a message merely behind keeps the agent's timestamp (it may just be late:
   the hub does not guess). An offset adopted after messages filed at their arrival is lowered
   just enough that the agent's next stamps file after them: its points stay in its order.
-  Outbox replays (``historical``) and retained messages are neither measured nor corrected:
-  they were stamped at an unknown earlier time.
+  Outbox replays (``historical``), retained messages, telemetry and events whose ``seq`` is not
+  above the agent's highest (sent before a message the hub already has: a QoS 1 resend after a
+  reconnect that the agent's new birth overtook) and device states (stamped when the state
+  began, re-sent with every birth) are neither measured nor corrected (hub/service.py): their
+  stamp is not the time they were sent, and three of them after a birth looked like a step back.
 
 Pure bookkeeping on the event loop: no I/O. Offset changes go to listeners (sync, on the loop);
 :class:`SkewAlerter` turns them into alert-board tasks, so the ingest path never waits.

@@ -340,12 +340,18 @@ class HubService:
                 msg, capture_ts_us=msg.capture_ts_us + (filed - ts_ms) * 1000
             )
         if isinstance(msg, Telemetry | Event):
-            if msg.historical:
-                return msg  # an outbox replay: stamped at an unknown earlier time
+            if msg.historical or msg.seq <= self.seq.highest(item.agent):
+                # an outbox replay, or sent before a message the hub already has (paho resends
+                # what the broker had not acknowledged after a reconnect, and the agent's new
+                # birth can overtake it): stamped at an unknown earlier time, it says nothing
+                # of the agent's clock now. Measured, three such looked like a step back.
+                return msg
             filed = self.clock_skew.observe(item.agent, msg.ts, received_ms)
             return msg if filed == msg.ts else msgspec.structs.replace(msg, ts=filed)
-        if isinstance(msg, Birth | DeviceState | CommandResult) and msg.ts > 0:
-            self.clock_skew.observe(item.agent, msg.ts, received_ms)  # measured, not refiled
+        # measured, not refiled. Not a DeviceState: it is stamped when the state *began* and
+        # re-sent with every birth, so after a reconnect it reads as a clock stepped back
+        if isinstance(msg, Birth | CommandResult) and msg.ts > 0:
+            self.clock_skew.observe(item.agent, msg.ts, received_ms)
         return msg
 
     def _count_bad(self, item: Rejected) -> None:
