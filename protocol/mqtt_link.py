@@ -164,8 +164,8 @@ class _BufferedClient(paho.Client):
         publish without properties, so when the property length is 0 the message gets a shared,
         empty ``Properties`` (read-only by convention: :class:`MqttLink` never looks at it).
         Anything else — MQTT 3, QoS 2, topic aliases, properties present — goes to paho's own
-        handler. With manual acks the PUBACK is left to :meth:`MqttLink.ack`, as paho does. (paho's per-message debug log line is skipped; MqttLink sets no paho
-        logger.)
+        handler. With manual acks the PUBACK is left to :meth:`MqttLink.ack`, as paho does.
+        (paho's per-message debug log line is skipped; MqttLink sets no paho logger.)
         """
         command = self._in_packet["command"]
         packet = self._in_packet["packet"]
